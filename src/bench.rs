@@ -1,0 +1,178 @@
+//! `bge bench`: the encoder timed on the same work as `shared/tools/peers/peer_bench.py`
+//! (token ids `[CLS] random>=1000 ... [SEP]` from SplitMix64, CLS pooling, L2 normalisation),
+//! reported with the same JSON fields so the two compare line by line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::backend::{Dtype, PackedBatch};
+use crate::config::{Arch, ModelConfig, Pooling, Shape};
+use crate::error::{Error, Result};
+use crate::model::{Checkpoint, RandomParams, SplitMix64};
+use crate::pipeline::{self, Device};
+use crate::source::ModelFiles;
+use crate::weights::Weights;
+
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    /// Random weights at this shape (ignored when `model` is given, except as the label).
+    pub shape: Option<Shape>,
+    /// A real model directory instead of random weights.
+    pub model: Option<PathBuf>,
+    pub batch: usize,
+    pub seq: usize,
+    /// Sequence lengths uniform in `[max(seq/4, 2), seq]` instead of all `seq`.
+    pub ragged: bool,
+    pub device: Device,
+    pub dtype: Dtype,
+    pub threads: Option<usize>,
+    pub warmup: usize,
+    pub iters: usize,
+    pub seed: u64,
+}
+
+/// Runs the benchmark and returns its one JSON line.
+pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
+    if spec.batch == 0 || spec.iters == 0 {
+        return Err(Error::InvalidArgument(
+            "--batch and --iters must be at least 1".into(),
+        ));
+    }
+    let (label, config, pipeline) = match (&spec.model, spec.shape) {
+        (Some(dir), shape) => {
+            let files = ModelFiles::from_dir(dir)?;
+            let config = ModelConfig::from_file(&files.config)?;
+            let weights = Weights::open(&files.weights)?;
+            let p = pipeline::load(
+                spec.device,
+                spec.dtype,
+                &config,
+                &Checkpoint::new(&weights)?,
+            )?;
+            let label = shape.map_or(files.name.clone(), |s| s.name().to_owned());
+            (label, config, p)
+        }
+        (None, Some(shape)) => {
+            let config = shape.config();
+            let p = pipeline::load(
+                spec.device,
+                spec.dtype,
+                &config,
+                &RandomParams { seed: spec.seed },
+            )?;
+            (shape.name().to_owned(), config, p)
+        }
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "bench needs --shape or --model".into(),
+            ));
+        }
+    };
+    if spec.seq < 2 || spec.seq > config.max_tokens() {
+        return Err(Error::InvalidArgument(format!(
+            "--seq {} is outside 2..={} for this shape",
+            spec.seq,
+            config.max_tokens()
+        )));
+    }
+    let (batch, lens) = inputs(&config, spec.batch, spec.seq, spec.ragged, spec.seed)?;
+    let mut checksum = 0.0;
+    for _ in 0..spec.warmup {
+        pipeline.dense(&batch, Pooling::Cls, true)?;
+    }
+    let mut times = Vec::with_capacity(spec.iters);
+    for _ in 0..spec.iters {
+        let start = Instant::now();
+        let out = pipeline.dense(&batch, Pooling::Cls, true)?;
+        times.push(start.elapsed().as_secs_f64());
+        checksum = out.iter().flatten().map(|&v| v as f64).sum::<f64>();
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens: usize = lens.iter().sum();
+    let flops: f64 = lens.iter().map(|&n| config.flops(n)).sum();
+    let threads = spec.threads.unwrap_or(1);
+    Ok(json!({
+        "system": "bge",
+        "device": device_name(spec.device),
+        "adapter": cpu_name(),
+        "backend": pipeline.describe(),
+        "shape": label,
+        "batch": spec.batch,
+        "seq": spec.seq,
+        "ragged": spec.ragged,
+        "dtype": spec.dtype.name(),
+        "threads": threads,
+        "median_s": median,
+        "min_s": times[0],
+        "iters": times.len(),
+        "tokens_per_s": tokens as f64 / median,
+        "padded_tokens_per_s": (spec.batch * spec.seq) as f64 / median,
+        "gflops": flops / median / 1e9,
+        "checksum": checksum,
+        "weights": if spec.model.is_some() { "real" } else { "random" },
+    }))
+}
+
+/// The peers' inputs: per sequence `[CLS] ids uniform in [1000, vocab) [SEP]`, lengths `seq`
+/// or uniform in `[max(seq/4, 2), seq]`, all from one SplitMix64 stream.
+pub fn inputs(
+    config: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    ragged: bool,
+    seed: u64,
+) -> Result<(PackedBatch, Vec<usize>)> {
+    let (cls, sep) = match config.arch {
+        Arch::Bert => (101, 102),
+        Arch::XlmRoberta => (0, 2),
+    };
+    let vocab = config.vocab_size as u64;
+    let first_plain = 1000.min(vocab - 1);
+    let mut rng = SplitMix64(seed);
+    let mut seqs = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        let n = if ragged {
+            rng.range((seq / 4).max(2) as u64, seq as u64) as usize
+        } else {
+            seq
+        };
+        let ids: Vec<u32> = (0..n)
+            .map(|t| match t {
+                0 => cls,
+                t if t == n - 1 => sep,
+                _ => rng.range(first_plain, vocab - 1) as u32,
+            })
+            .collect();
+        seqs.push(crate::tokenize::Encoded {
+            type_ids: vec![0; n],
+            untruncated_len: n,
+            ids,
+        });
+    }
+    let refs: Vec<_> = seqs.iter().collect();
+    let lens = seqs.iter().map(|s| s.len()).collect();
+    Ok((crate::model::pack(config, &refs)?, lens))
+}
+
+fn device_name(device: Device) -> &'static str {
+    match device {
+        Device::Gpu(_) => "gpu",
+        _ => "cpu",
+    }
+}
+
+/// The CPU's marketing name, for the `adapter` field.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+}

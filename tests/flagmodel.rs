@@ -1,0 +1,204 @@
+//! The FlagModel API against FlagEmbedding's own outputs (tiny-bge) and sentence-transformers'
+//! (real all-MiniLM-L6-v2), on every backend of this build.
+
+mod common;
+
+use bge::embedder::INSTRUCTION_EN;
+use bge::{Device, FlagModel, Options, Pooling};
+use common::{assert_rows, load, model_dir, reference, texts, tol};
+
+/// The cosine every vector must reach against FlagEmbedding (the bar for f32).
+const MIN_COSINE: f64 = 0.99999;
+
+fn devices() -> Vec<Device> {
+    vec![Device::Reference]
+}
+
+fn tiny_bge(device: Device, options: Options) -> FlagModel {
+    let options = Options { device, ..options };
+    FlagModel::load(model_dir("tiny-bge").to_str().unwrap(), &options).unwrap()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn tiny_bge_encode_at_512_and_16() {
+    let want = reference("tiny_bge/flagmodel.safetensors");
+    let sentences = texts("sentences");
+    for device in devices() {
+        // A small batch size forces several batches of mixed lengths.
+        let model = tiny_bge(
+            device,
+            Options {
+                batch_size: 5,
+                ..Options::default()
+            },
+        );
+        let got = model.encode(&refs(&sentences)).unwrap();
+        let name = format!("{device:?} encode_max512");
+        assert_rows(
+            &name,
+            &got,
+            &load(&want, "encode_max512"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+
+        let got = model
+            .encode_with(&refs(&sentences), None, 16, &mut |_| {})
+            .unwrap();
+        assert_eq!(
+            got.truncated, 9,
+            "texts longer than 16 tokens (tokens_sentences_max16.json)"
+        );
+        let name = format!("{device:?} encode_max16");
+        assert_rows(
+            &name,
+            &got.vectors,
+            &load(&want, "encode_max16"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+    }
+}
+
+#[test]
+fn tiny_bge_unnormalized_cls() {
+    let want = load(
+        &reference("tiny_bge/flagmodel.safetensors"),
+        "encode_max512_unnormalized",
+    );
+    for device in devices() {
+        let model = tiny_bge(
+            device,
+            Options {
+                normalize: false,
+                ..Options::default()
+            },
+        );
+        let got = model.encode(&refs(&texts("sentences"))).unwrap();
+        assert_rows(
+            &format!("{device:?} unnormalized"),
+            &got,
+            &want,
+            tol::UNNORMALIZED,
+            MIN_COSINE,
+        );
+    }
+}
+
+#[test]
+fn tiny_bge_queries_corpus_and_scores() {
+    let want = reference("tiny_bge/flagmodel.safetensors");
+    for device in devices() {
+        let model = tiny_bge(
+            device,
+            Options {
+                query_instruction: Some(INSTRUCTION_EN.into()),
+                ..Options::default()
+            },
+        );
+        let q = model.encode_queries(&refs(&texts("queries"))).unwrap();
+        let p = model.encode_corpus(&refs(&texts("passages"))).unwrap();
+        assert_rows(
+            &format!("{device:?} queries"),
+            &q,
+            &load(&want, "queries"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+        assert_rows(
+            &format!("{device:?} passages"),
+            &p,
+            &load(&want, "passages"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+        let scores: Vec<f64> = q
+            .iter()
+            .flat_map(|a| {
+                p.iter()
+                    .map(move |b| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum())
+            })
+            .collect();
+        common::assert_close(
+            "scores",
+            &scores,
+            &load(&want, "scores").data,
+            tol::NORMALIZED,
+        );
+    }
+}
+
+#[test]
+fn minilm_mean_and_cls_pooling() {
+    let dir = common::minilm_dir();
+    let want = reference("minilm/embeddings.safetensors");
+    let sentences = texts("sentences");
+    for device in devices() {
+        let options = Options {
+            device,
+            max_length: Some(256),
+            ..Options::default()
+        };
+        // 1_Pooling/config.json says mean.
+        let model = FlagModel::load(dir.to_str().unwrap(), &options).unwrap();
+        assert_eq!(model.pooling, Pooling::Mean);
+        let got = model.encode(&refs(&sentences)).unwrap();
+        assert_rows(
+            "minilm mean",
+            &got,
+            &load(&want, "mean_normalized"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+        assert_rows(
+            "minilm flagmodel mean",
+            &got,
+            &load(&want, "flagmodel_mean"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+
+        let cls = Options {
+            pooling: Some(Pooling::Cls),
+            ..options
+        };
+        let model = FlagModel::load(dir.to_str().unwrap(), &cls).unwrap();
+        let got = model.encode(&refs(&sentences)).unwrap();
+        assert_rows(
+            "minilm cls",
+            &got,
+            &load(&want, "flagmodel_cls"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_batch_size() {
+    let sentences = texts("sentences");
+    let one = tiny_bge(
+        Device::Reference,
+        Options {
+            batch_size: 1,
+            ..Options::default()
+        },
+    );
+    let all = tiny_bge(Device::Reference, Options::default());
+    let (a, b) = (
+        one.encode(&refs(&sentences)).unwrap(),
+        all.encode(&refs(&sentences)).unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        common::assert_close(
+            "batch 1 vs 256",
+            &common::to_f64(x),
+            &common::to_f64(y),
+            tol::KERNEL_F32,
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! Every intermediate value of the encoder against float64 transformers, layer by layer, with
+//! the dumped sentences packed into ONE batch (so sequences must not see each other).
+
+mod common;
+
+use std::path::Path;
+
+use bge::backend::Backend;
+use bge::backend::reference::Reference;
+use bge::config::ModelConfig;
+use bge::model::{self, Checkpoint, Encoder, Probe};
+use bge::tokenize::Encoded;
+use bge::weights::Weights;
+use common::{Tensor, Tolerance, assert_close, load, model_dir, reference, to_f64, tol};
+
+/// Runs sentences `0..n` of `dump` through `dir`'s encoder on backend `b` and compares every
+/// probe with the dump. Returns how many values were compared, so a caller can tell the
+/// comparison really happened.
+fn check_layers<B: Backend>(b: &B, dir: &Path, dump: &Path, n: usize, tol: Tolerance) -> usize {
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
+    let encoder = Encoder::load(b, &config, &Checkpoint::new(&weights).unwrap()).unwrap();
+
+    let seqs: Vec<Encoded> = (0..n)
+        .map(|i| {
+            let ids: Vec<u32> = load(dump, &format!("s{i}.input_ids"))
+                .data
+                .iter()
+                .map(|&v| v as u32)
+                .collect();
+            Encoded {
+                type_ids: vec![0; ids.len()],
+                untruncated_len: ids.len(),
+                ids,
+            }
+        })
+        .collect();
+    let packed = model::pack(&config, &seqs.iter().collect::<Vec<_>>()).unwrap();
+    for i in 0..n {
+        let want: Vec<u32> = load(dump, &format!("s{i}.position_ids"))
+            .data
+            .iter()
+            .map(|&v| v as u32)
+            .collect();
+        assert_eq!(
+            &packed.position_ids[packed.range(i)],
+            &want[..],
+            "position ids of s{i}"
+        );
+    }
+
+    let mut probes: Vec<(Probe, Vec<f32>)> = Vec::new();
+    let batch = b.batch(&packed).unwrap();
+    encoder
+        .forward_probed(b, &batch, &mut |p, t| {
+            probes.push((p, b.to_host(t)?));
+            Ok(())
+        })
+        .unwrap();
+
+    let mut compared = 0;
+    for (probe, values) in &probes {
+        let (name, layer) = match *probe {
+            Probe::EmbeddingsSum => ("embeddings_sum", None),
+            Probe::Hidden(l) => ("hidden_states", Some(l)),
+            Probe::AttnContext(l) => ("attn_context", Some(l)),
+            Probe::AttnOutput(l) => ("attn_output", Some(l)),
+            Probe::FfnIntermediate(l) => ("ffn_intermediate", Some(l)),
+        };
+        let cols = values.len() / packed.tokens();
+        for i in 0..n {
+            let full = load(dump, &format!("s{i}.{name}"));
+            let want: Tensor = match layer {
+                Some(l) => full.index(l),
+                None => full,
+            };
+            let rows = packed.range(i);
+            let got = to_f64(&values[rows.start * cols..rows.end * cols]);
+            assert_close(&format!("s{i} {probe:?}"), &got, &want.data, tol);
+            compared += got.len();
+        }
+    }
+    let layers = config.num_layers;
+    assert_eq!(probes.len(), 2 + 4 * layers, "every probe reported");
+    compared
+}
+
+#[test]
+fn tiny_bge_layers_match_float64_on_reference() {
+    let dump = reference("tiny_bge/f64_transformers.safetensors");
+    let n = check_layers(&Reference, &model_dir("tiny-bge"), &dump, 3, tol::HIDDEN);
+    assert!(n > 10_000, "compared {n} values");
+}
+
+#[test]
+fn minilm_layers_match_float64_on_reference() {
+    let dump = reference("minilm/f64_transformers.safetensors");
+    let n = check_layers(
+        &Reference,
+        &common::minilm_dir(),
+        &dump,
+        1,
+        tol::HIDDEN_MINILM,
+    );
+    assert!(n > 10_000, "compared {n} values");
+}
