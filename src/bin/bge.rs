@@ -105,9 +105,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's first paragraph is the error itself (with, e.g., the missing arguments
+            // on following lines); usage and tips come after a blank line.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("bge: {}", first.trim());
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("bge: {}", first.join(" "));
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,502 @@
+//! `bge embed` as other tools see it: the JSONL contract, the query options, the hub cache,
+//! and one clear line on stderr with a non-zero exit for every bad input.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::{assert_rows, load, model_dir, reference, texts, tol};
+use serde_json::Value;
+
+const MIN_COSINE: f64 = 0.99999;
+
+fn bge(args: &[&str], stdin: impl AsRef<[u8]>, env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bge"));
+    cmd.args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run bge");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_ref())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn jsonl(texts: &[String]) -> String {
+    texts
+        .iter()
+        .map(|t| serde_json::to_string(t).unwrap() + "\n")
+        .collect()
+}
+
+/// The `dense` vectors of a successful run.
+fn dense(out: &Output) -> Vec<Vec<f32>> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bge failed: {stderr}");
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let obj = v.as_object().unwrap();
+            assert_eq!(obj.len(), 1, "only `dense` is asked for: {l}");
+            serde_json::from_value(obj["dense"].clone()).unwrap()
+        })
+        .collect()
+}
+
+/// The one line a failed run printed; asserts the exit code and that it is a single line.
+fn error_line(out: &Output, code: i32) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line on stderr, got: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no output on error");
+    stderr
+}
+
+fn tiny_bge() -> String {
+    model_dir("tiny-bge").to_str().unwrap().to_owned()
+}
+
+#[test]
+fn embed_matches_flagmodel_at_512_and_16() {
+    let want = reference("tiny_bge/flagmodel.safetensors");
+    let input = jsonl(&texts("sentences"));
+    let out = bge(&["embed", "--model", &tiny_bge(), "--quiet"], &input, &[]);
+    assert_rows(
+        "embed 512",
+        &dense(&out),
+        &load(&want, "encode_max512"),
+        tol::NORMALIZED,
+        MIN_COSINE,
+    );
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--max-length", "16"],
+        &input,
+        &[],
+    );
+    assert_rows(
+        "embed 16",
+        &dense(&out),
+        &load(&want, "encode_max16"),
+        tol::NORMALIZED,
+        MIN_COSINE,
+    );
+    let note = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        note.contains("9 of 18 texts were longer than 16 tokens"),
+        "{note}"
+    );
+}
+
+#[test]
+fn instruction_flag_encodes_queries() {
+    let want = load(&reference("tiny_bge/flagmodel.safetensors"), "queries");
+    let input = jsonl(&texts("queries"));
+    let ins = bge::embedder::INSTRUCTION_EN;
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--instruction", ins],
+        &input,
+        &[],
+    );
+    assert_rows(
+        "--instruction",
+        &dense(&out),
+        &want,
+        tol::NORMALIZED,
+        MIN_COSINE,
+    );
+}
+
+#[test]
+fn objects_with_text_fields_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let output = dir.path().join("out.jsonl");
+    let sentences = texts("sentences");
+    let lines: String = sentences
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"id": i, "text": t}).to_string() + "\r\n")
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let out = bge(
+        &[
+            "embed",
+            "--model",
+            &tiny_bge(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    let written = Output {
+        stdout: std::fs::read(&output).unwrap(),
+        ..out
+    };
+    let want = load(
+        &reference("tiny_bge/flagmodel.safetensors"),
+        "encode_max512",
+    );
+    assert_rows(
+        "--input/--output",
+        &dense(&written),
+        &want,
+        tol::NORMALIZED,
+        MIN_COSINE,
+    );
+}
+
+#[test]
+fn minilm_with_mean_pooling() {
+    let want = load(
+        &reference("minilm/embeddings.safetensors"),
+        "mean_normalized",
+    );
+    let dir = common::minilm_dir();
+    let out = bge(
+        &[
+            "embed",
+            "--model",
+            dir.to_str().unwrap(),
+            "--max-length",
+            "256",
+        ],
+        &jsonl(&texts("sentences")),
+        &[],
+    );
+    assert_rows("minilm", &dense(&out), &want, tol::NORMALIZED, MIN_COSINE);
+}
+
+#[test]
+fn empty_input_gives_empty_output() {
+    let out = bge(&["embed", "--model", &tiny_bge()], "", &[]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+}
+
+/// A Hugging Face cache holding tiny-bge under the name `BAAI/bge-small-en-v1.5`, laid out
+/// as Python's huggingface_hub writes it (blobs, refs/main, snapshots/<commit>).
+fn fake_hub_cache() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--BAAI--bge-small-en-v1.5");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    // Python writes the commit without a trailing newline; tolerate one anyway.
+    std::fs::write(repo.join("refs/main"), format!("{commit}\n")).unwrap();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "1_Pooling/config.json",
+    ] {
+        let blob = repo.join("blobs").join(file.replace('/', "_"));
+        std::fs::copy(model_dir("tiny-bge").join(file), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(file)).unwrap();
+    }
+    home
+}
+
+#[test]
+fn hub_id_resolves_through_the_cache_and_picks_the_english_instruction() {
+    let home = fake_hub_cache();
+    let want = load(&reference("tiny_bge/flagmodel.safetensors"), "queries");
+    let env = [("HF_HOME", home.path())];
+    let out = bge(
+        &["embed", "--model", "BAAI/bge-small-en-v1.5", "--query"],
+        &jsonl(&texts("queries")),
+        &env,
+    );
+    assert_rows(
+        "hub --query",
+        &dense(&out),
+        &want,
+        tol::NORMALIZED,
+        MIN_COSINE,
+    );
+}
+
+#[test]
+fn a_model_missing_from_the_cache_says_how_to_get_it() {
+    let home = tempfile::tempdir().unwrap();
+    let out = bge(
+        &["embed", "--model", "BAAI/bge-base-en-v1.5"],
+        "\"x\"\n",
+        &[("HF_HOME", home.path())],
+    );
+    let line = error_line(&out, 1);
+    assert!(
+        line.contains("config.json is not in the Hugging Face cache"),
+        "{line}"
+    );
+    assert!(
+        line.contains("huggingface-cli download BAAI/bge-base-en-v1.5"),
+        "{line}"
+    );
+}
+
+#[test]
+fn malformed_input_lines_are_reported_with_their_number() {
+    for (input, want) in [
+        (
+            "\"ok\"\n{\"txt\": \"a\"}\n",
+            "input line 2: the object has no string field \"text\"",
+        ),
+        ("\"ok\"\n\"ok\"\nnot json\n", "input line 3: not valid JSON"),
+        ("42\n", "input line 1: expected a JSON string or an object"),
+        ("\"ok\"\n\n", "input line 2: not valid JSON"),
+    ] {
+        let out = bge(&["embed", "--model", &tiny_bge()], input, &[]);
+        let line = error_line(&out, 1);
+        assert!(line.contains(want), "{input:?}: {line}");
+    }
+    let mut bytes = b"\"ok\"\n\"".to_vec();
+    bytes.extend([0xff, 0xfe, b'"', b'\n']);
+    let out = bge(&["embed", "--model", &tiny_bge()], bytes, &[]);
+    let line = error_line(&out, 1);
+    assert!(line.contains("input line 2: not valid UTF-8"), "{line}");
+}
+
+#[test]
+fn a_failed_run_leaves_no_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = bge(
+        &[
+            "embed",
+            "--model",
+            &tiny_bge(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        "\"fine\"\n[1]\n",
+        &[],
+    );
+    error_line(&out, 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no output, no .partial"
+    );
+}
+
+#[test]
+fn bad_flags_and_values_are_usage_errors() {
+    let out = bge(&["embed", "--model", &tiny_bge(), "--bogus"], "", &[]);
+    assert!(error_line(&out, 2).contains("unexpected argument '--bogus'"));
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--device", "tpu"],
+        "",
+        &[],
+    );
+    assert!(error_line(&out, 2).contains("unknown device `tpu`"));
+    let out = bge(&["embed"], "", &[]);
+    assert!(error_line(&out, 2).contains("--model"));
+    let out = bge(
+        &[
+            "embed",
+            "--model",
+            &tiny_bge(),
+            "--query",
+            "--instruction",
+            "x",
+        ],
+        "",
+        &[],
+    );
+    assert!(error_line(&out, 2).contains("cannot be used with"));
+}
+
+#[test]
+fn out_of_range_lengths_and_sizes_are_refused() {
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--max-length", "513"],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("max length 513 is outside 2..=512"));
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--max-length", "1"],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("max length 1 is outside"));
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--batch-size", "0"],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("batch size must be at least 1"));
+    let out = bge(
+        &[
+            "embed",
+            "--model",
+            &tiny_bge(),
+            "--dtype",
+            "f16",
+            "--device",
+            "cpu",
+        ],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("--dtype f16 needs a GPU"));
+}
+
+/// A copy of tiny-bge whose `file` is replaced by `edit(original bytes)`.
+fn broken_model(file: &str, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(model_dir("tiny-bge").join(f), dir.path().join(f)).unwrap();
+    }
+    let path = dir.path().join(file);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, edit(bytes)).unwrap();
+    dir
+}
+
+fn config_with(key: &str, value: Value) -> impl FnOnce(Vec<u8>) -> Vec<u8> {
+    let key = key.to_owned();
+    move |bytes| {
+        let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+        v[key] = value;
+        serde_json::to_vec(&v).unwrap()
+    }
+}
+
+#[test]
+fn broken_model_files_are_reported() {
+    let cases: Vec<(tempfile::TempDir, &str)> = vec![
+        (
+            broken_model("model.safetensors", |b| b[..b.len() / 2].to_vec()),
+            "corrupt weight file",
+        ),
+        (
+            broken_model("model.safetensors", |_| b"garbage".to_vec()),
+            "corrupt weight file",
+        ),
+        (
+            broken_model("config.json", |_| b"{ not json".to_vec()),
+            "is not valid JSON",
+        ),
+        (
+            broken_model("config.json", config_with("model_type", "gpt2".into())),
+            "unsupported architecture: model_type `gpt2`",
+        ),
+        (
+            broken_model("config.json", config_with("hidden_act", "gelu_new".into())),
+            "unsupported hidden_act `gelu_new`",
+        ),
+        (
+            broken_model("config.json", config_with("hidden_size", 48.into())),
+            "has shape [30522, 32] but the config implies [30522, 48]",
+        ),
+        (
+            broken_model("config.json", config_with("num_hidden_layers", 3.into())),
+            "tensor `encoder.layer.2.attention.self.query.weight` is missing",
+        ),
+        (
+            broken_model("config.json", config_with("vocab_size", 1000.into())),
+            "has shape [30522, 32] but the config implies [1000, 32]",
+        ),
+        (
+            broken_model("tokenizer.json", |_| b"{}".to_vec()),
+            "tokenizer:",
+        ),
+    ];
+    for (dir, want) in cases {
+        let out = bge(
+            &["embed", "--model", dir.path().to_str().unwrap()],
+            "\"x\"\n",
+            &[],
+        );
+        let line = error_line(&out, 1);
+        assert!(line.contains(want), "want {want:?} in: {line}");
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let out = bge(
+        &["embed", "--model", empty.path().to_str().unwrap()],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("config.json is missing"));
+    let out = bge(&["embed", "--model", "no/such/dir"], "\"x\"\n", &[]);
+    assert!(error_line(&out, 1).contains("neither a directory nor a Hugging Face id"));
+}
+
+#[test]
+fn bench_prints_one_json_line_with_the_peer_fields() {
+    let out = bge(
+        &[
+            "bench",
+            "--model",
+            &tiny_bge(),
+            "--batch",
+            "3",
+            "--seq",
+            "40",
+            "--ragged",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+        ],
+        "",
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in [
+        "system",
+        "device",
+        "adapter",
+        "shape",
+        "batch",
+        "seq",
+        "dtype",
+        "threads",
+        "median_s",
+        "tokens_per_s",
+        "gflops",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field} in {v}");
+    }
+    assert_eq!(v["system"], "bge");
+    assert_eq!(v["batch"], 3);
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+}
