@@ -190,7 +190,7 @@ fn minilm_with_mean_pooling() {
             "--max-length",
             "256",
         ],
-        &jsonl(&texts("sentences")),
+        jsonl(&texts("sentences")),
         &[],
     );
     assert_rows("minilm", &dense(&out), &want, tol::NORMALIZED, MIN_COSINE);
@@ -235,7 +235,7 @@ fn hub_id_resolves_through_the_cache_and_picks_the_english_instruction() {
     let env = [("HF_HOME", home.path())];
     let out = bge(
         &["embed", "--model", "BAAI/bge-small-en-v1.5", "--query"],
-        &jsonl(&texts("queries")),
+        jsonl(&texts("queries")),
         &env,
     );
     assert_rows(
