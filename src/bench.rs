@@ -97,7 +97,7 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
     Ok(json!({
         "system": "bge",
         "device": device_name(spec.device),
-        "adapter": cpu_name(),
+        "adapter": pipeline.adapter(),
         "backend": pipeline.describe(),
         "shape": label,
         "batch": spec.batch,
@@ -162,17 +162,4 @@ fn device_name(device: Device) -> &'static str {
         Device::Gpu(_) => "gpu",
         _ => "cpu",
     }
-}
-
-/// The CPU's marketing name, for the `adapter` field.
-fn cpu_name() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|n| n.trim().to_owned())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }

@@ -4,6 +4,7 @@
 
 use std::str::FromStr;
 
+use crate::backend::gpu::{self, Gpu, GpuOptions};
 use crate::backend::reference::Reference;
 use crate::backend::{Backend, Dtype, PackedBatch};
 use crate::config::{ModelConfig, Pooling};
@@ -51,6 +52,9 @@ pub trait Pipeline {
     /// The backend, device and precision, in words.
     fn describe(&self) -> String;
 
+    /// The processor it runs on (CPU model or GPU adapter).
+    fn adapter(&self) -> String;
+
     fn config(&self) -> &ModelConfig;
 
     /// The most tokens one forward pass may hold on this device.
@@ -72,18 +76,24 @@ pub fn load(
     config: &ModelConfig,
     params: &dyn Params,
 ) -> Result<Box<dyn Pipeline>> {
+    let device = match device {
+        Device::Auto if gpu::context::hardware_gpu_present() => Device::Gpu(None),
+        Device::Auto => Device::Cpu,
+        other => other,
+    };
     match (device, dtype) {
-        (Device::Auto | Device::Cpu | Device::Reference, Dtype::F32) => {
-            Ok(Box::new(OnBackend::load(Reference, config, params)?))
+        (Device::Gpu(adapter), dtype) => {
+            let gpu = Gpu::new(GpuOptions {
+                adapter,
+                dtype,
+                ..GpuOptions::default()
+            })?;
+            Ok(Box::new(OnBackend::load(gpu, config, params)?))
         }
-        (Device::Auto | Device::Cpu | Device::Reference, Dtype::F16) => {
-            Err(Error::InvalidArgument(
-                "--dtype f16 needs a GPU (--device gpu); the CPU backends compute in f32".into(),
-            ))
-        }
-        (Device::Gpu(_), _) => Err(Error::Gpu(
-            "this build has no GPU backend yet; use --device cpu".into(),
+        (_, Dtype::F16) => Err(Error::InvalidArgument(
+            "--dtype f16 needs a GPU (--device gpu); the CPU backends compute in f32".into(),
         )),
+        (_, Dtype::F32) => Ok(Box::new(OnBackend::load(Reference, config, params)?)),
     }
 }
 
@@ -105,12 +115,19 @@ impl<B: Backend> Pipeline for OnBackend<B> {
         self.backend.describe()
     }
 
+    fn adapter(&self) -> String {
+        self.backend.adapter()
+    }
+
     fn config(&self) -> &ModelConfig {
         &self.encoder.config
     }
 
     fn max_batch_tokens(&self) -> usize {
-        usize::MAX
+        // The widest activation per token: QKV (3h) or the FFN's intermediate.
+        let c = &self.encoder.config;
+        let widest = (3 * c.hidden_size).max(c.intermediate_size);
+        self.backend.max_tensor_elements() / widest
     }
 
     fn dense(

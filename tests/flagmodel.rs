@@ -10,8 +10,9 @@ use common::{assert_rows, load, model_dir, reference, texts, tol};
 /// The cosine every vector must reach against FlagEmbedding (the bar for f32).
 const MIN_COSINE: f64 = 0.99999;
 
+/// Every backend of this build at f32. In CI the GPU is lavapipe; a missing adapter fails.
 fn devices() -> Vec<Device> {
-    vec![Device::Reference]
+    vec![Device::Reference, Device::Cpu, Device::Gpu(None)]
 }
 
 fn tiny_bge(device: Device, options: Options) -> FlagModel {
@@ -201,4 +202,33 @@ fn results_do_not_depend_on_the_batch_size() {
             tol::KERNEL_F32,
         );
     }
+}
+
+/// f16 weights on the GPU: the bar is cosine >= 0.999 per vector.
+#[test]
+fn tiny_bge_and_minilm_in_f16_on_gpu() {
+    let f16 = Options {
+        device: Device::Gpu(None),
+        dtype: bge::Dtype::F16,
+        ..Options::default()
+    };
+    let model = FlagModel::load(model_dir("tiny-bge").to_str().unwrap(), &f16).unwrap();
+    let got = model.encode(&refs(&texts("sentences"))).unwrap();
+    let want = load(
+        &reference("tiny_bge/flagmodel.safetensors"),
+        "encode_max512",
+    );
+    assert_rows("f16 tiny-bge", &got, &want, tol::F16_VECTORS, 0.999);
+
+    let minilm = Options {
+        max_length: Some(256),
+        ..f16
+    };
+    let model = FlagModel::load(common::minilm_dir().to_str().unwrap(), &minilm).unwrap();
+    let got = model.encode(&refs(&texts("sentences"))).unwrap();
+    let want = load(
+        &reference("minilm/embeddings.safetensors"),
+        "mean_normalized",
+    );
+    assert_rows("f16 minilm", &got, &want, tol::F16_VECTORS, 0.999);
 }

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use bge::backend::Backend;
+use bge::backend::gpu::{Gpu, GpuOptions};
 use bge::backend::reference::Reference;
 use bge::config::ModelConfig;
 use bge::model::{self, Checkpoint, Encoder, Probe};
@@ -102,5 +103,23 @@ fn minilm_layers_match_float64_on_reference() {
         1,
         tol::HIDDEN_MINILM,
     );
+    assert!(n > 10_000, "compared {n} values");
+}
+
+fn gpu() -> Gpu {
+    Gpu::new(GpuOptions::default()).expect("a GPU adapter (in CI: lavapipe)")
+}
+
+#[test]
+fn tiny_bge_layers_match_float64_on_gpu() {
+    let dump = reference("tiny_bge/f64_transformers.safetensors");
+    let n = check_layers(&gpu(), &model_dir("tiny-bge"), &dump, 3, tol::HIDDEN);
+    assert!(n > 10_000, "compared {n} values");
+}
+
+#[test]
+fn minilm_layers_match_float64_on_gpu() {
+    let dump = reference("minilm/f64_transformers.safetensors");
+    let n = check_layers(&gpu(), &common::minilm_dir(), &dump, 1, tol::HIDDEN_MINILM);
     assert!(n > 10_000, "compared {n} values");
 }

@@ -14,6 +14,7 @@
 //! * Arithmetic: inputs and outputs are f32 unless a backend was built for f16 storage; sums
 //!   (dot products, means, variances, softmax denominators) always accumulate in f32 or wider.
 
+pub mod gpu;
 pub mod reference;
 
 use crate::error::{Error, Result};
@@ -131,6 +132,15 @@ pub trait Backend {
     /// One line naming the backend, device and precision (for `bge bench` and errors).
     fn describe(&self) -> String;
 
+    /// The processor this backend runs on: a CPU model or a GPU adapter name.
+    fn adapter(&self) -> String;
+
+    /// The most elements one tensor may hold (a GPU's buffer binding limit); batches are split
+    /// so that no activation exceeds it.
+    fn max_tensor_elements(&self) -> usize {
+        usize::MAX
+    }
+
     /// Copies `data` (`[rows, cols]`, row-major) into a new tensor.
     fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
 
@@ -185,4 +195,17 @@ pub trait Backend {
 
     /// `[rows, cols]`: each row divided by `max(||row||_2, 1e-12)` (`torch.nn.functional.normalize`).
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+}
+
+/// The CPU's marketing name (`/proc/cpuinfo`), or the architecture where that is unknown.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned())
 }

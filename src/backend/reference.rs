@@ -65,6 +65,10 @@ impl Backend for Reference {
         "reference (plain loops, f32, one thread)".into()
     }
 
+    fn adapter(&self) -> String {
+        super::cpu_name()
+    }
+
     fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
         assert_eq!(
             data.len(),

@@ -97,6 +97,7 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
 }
 
 fn main() -> ExitCode {
+    quiet_mesa_device_select();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -127,6 +128,18 @@ fn main() -> ExitCode {
             eprintln!("bge: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Mesa's Vulkan device-select layer prints `XDG_RUNTIME_DIR is invalid or not set` to stderr
+/// when that variable is unset (headless machines, CI), which would break the one-line error
+/// contract. The layer only reorders adapters, and `bge` picks its adapter itself, so it is
+/// switched off in that case.
+fn quiet_mesa_device_select() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: called first thing in main, before any thread exists, so nothing can read the
+        // environment concurrently.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
     }
 }
 

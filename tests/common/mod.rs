@@ -124,6 +124,19 @@ pub mod tol {
         atol: 1e-5,
         rtol: 1e-4,
     };
+    /// Unit vectors computed with f16 weights vs FlagEmbedding fp32: f16 keeps 11 significant
+    /// bits (relative rounding 2^-11 = 4.9e-4 per weight), which moves every component of a
+    /// unit vector by up to a few 1e-3; the bar that matters is the cosine >= 0.999 beside it.
+    pub const F16_VECTORS: Tolerance = Tolerance {
+        atol: 1e-2,
+        rtol: 0.0,
+    };
+    /// A kernel's GELU vs libm's erf: the erfc approximation is good to 1.2e-7 relative,
+    /// plus a few ulp of f32 rounding; the absolute part covers the tails near 0.
+    pub const GELU: Tolerance = Tolerance {
+        atol: 1e-7,
+        rtol: 1e-6,
+    };
 }
 
 /// Checks `got` against `want` with `tol`, panicking with the worst element, the largest

@@ -1,0 +1,233 @@
+//! The wgpu side of the GPU backend: adapter discovery, one device per adapter per process,
+//! pipelines compiled once per process, and GPU errors turned into [`Error`]s instead of the
+//! panics wgpu's default handler raises.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::Kernel;
+use crate::error::{Error, Result};
+
+/// The adapters of this machine, in a stable order (the `N` of `--device gpu:N`).
+pub fn adapters() -> &'static [wgpu::Adapter] {
+    static ADAPTERS: OnceLock<Vec<wgpu::Adapter>> = OnceLock::new();
+    ADAPTERS.get_or_init(|| {
+        // Vulkan, Metal, DX12 unless WGPU_BACKEND says otherwise (e.g. `gl`).
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        pollster::block_on(instance.enumerate_adapters(backends))
+    })
+}
+
+/// Preference among adapter types when no index is given: real GPUs first, software last.
+fn rank(kind: wgpu::DeviceType) -> u8 {
+    match kind {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+/// The index of the adapter `--device gpu` picks.
+pub fn best_adapter() -> Option<usize> {
+    adapters()
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, a)| rank(a.get_info().device_type))
+        .map(|(i, _)| i)
+}
+
+/// Whether a hardware GPU (not a software rasterizer such as lavapipe) is present; this is
+/// what `--device auto` asks.
+pub fn hardware_gpu_present() -> bool {
+    adapters()
+        .iter()
+        .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
+}
+
+/// A kernel and the values of its pipeline constants (e.g. the head size).
+type PipelineKey = (&'static str, Vec<(&'static str, u32)>);
+
+/// A device, its queue, its pipelines and a record of errors wgpu reported asynchronously.
+pub struct Context {
+    pub info: wgpu::AdapterInfo,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Context {
+    /// The process-wide context of adapter `index` (`None`: the best adapter).
+    pub fn shared(index: Option<usize>) -> Result<Arc<Context>> {
+        static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<Context>>>> = OnceLock::new();
+        let index = match index {
+            Some(i) if i < adapters().len() => i,
+            Some(i) => {
+                return Err(Error::Gpu(format!(
+                    "there is no adapter {i}; `bge devices` lists {} adapter(s)",
+                    adapters().len()
+                )));
+            }
+            None => best_adapter().ok_or_else(|| {
+                Error::Gpu(
+                    "no GPU adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)"
+                        .into(),
+                )
+            })?,
+        };
+        let mut contexts = CONTEXTS
+            .get_or_init(Default::default)
+            .lock()
+            .expect("context table lock");
+        if let Some(c) = contexts.get(&index) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(Context::new(&adapters()[index])?);
+        contexts.insert(index, c.clone());
+        Ok(c)
+    }
+
+    fn new(adapter: &wgpu::Adapter) -> Result<Self> {
+        let wanted = wgpu::Features::SHADER_F16;
+        let features = adapter.features() & wanted;
+        // The adapter's own limits: wgpu's defaults are far lower (e.g. 16 KiB of workgroup
+        // memory, 128 MiB bindings) than what GPUs offer.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("bge"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", adapter.get_info().name)))?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock()
+                .expect("error sink")
+                .push(one_line(&e.to_string()));
+        }));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            lost.lock()
+                .expect("error sink")
+                .push(format!("device lost ({reason:?}): {}", one_line(&message)));
+        });
+        Ok(Context {
+            info: adapter.get_info(),
+            device,
+            queue,
+            limits,
+            features,
+            pipelines: Mutex::default(),
+            errors,
+        })
+    }
+
+    pub fn has_f16(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// The compute pipeline of `kernel` with its `override` constants set, compiled on first use.
+    pub fn pipeline(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&'static str, u32)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = (kernel.name, constants.to_vec());
+        let mut cache = self.pipelines.lock().expect("pipeline cache lock");
+        if let Some(p) = cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name),
+                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+            });
+        let values: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.name),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &values,
+                    ..Default::default()
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "shader {} does not compile on {}: {}",
+                kernel.name,
+                self.info.name,
+                one_line(&e.to_string())
+            )));
+        }
+        let pipeline = Arc::new(pipeline);
+        cache.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// A buffer of `size` bytes, or [`Error::GpuOutOfMemory`] when the device cannot give it.
+    pub fn buffer(&self, size: u64, usage: wgpu::BufferUsages, what: &str) -> Result<wgpu::Buffer> {
+        let too_big = size > self.limits.max_buffer_size
+            || (usage.contains(wgpu::BufferUsages::STORAGE)
+                && size > self.limits.max_storage_buffer_binding_size);
+        if too_big {
+            return Err(Error::GpuOutOfMemory {
+                what: format!("{what} (above this adapter's buffer limits)"),
+                bytes: size,
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: size.max(4),
+            usage,
+            mapped_at_creation: false,
+        });
+        match pollster::block_on(scope.pop()) {
+            None => Ok(buffer),
+            Some(_) => Err(Error::GpuOutOfMemory {
+                what: what.to_owned(),
+                bytes: size,
+            }),
+        }
+    }
+
+    /// Errors wgpu reported since the last call, as one [`Error`].
+    pub fn check(&self) -> Result<()> {
+        let mut errors = self.errors.lock().expect("error sink");
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let message = errors.join("; ");
+        errors.clear();
+        Err(Error::Gpu(message))
+    }
+
+    /// `name (backend, driver)` for messages and benchmark reports.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        format!(
+            "{} ({:?}, {} {})",
+            i.name, i.backend, i.driver, i.driver_info
+        )
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

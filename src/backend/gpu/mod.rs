@@ -1,0 +1,421 @@
+//! The wgpu backend: every [`Backend`] operation as a WGSL compute shader from `shaders/`.
+//!
+//! Residency: weights are uploaded once; an operation only records a dispatch into the pending
+//! command encoder, so a whole forward pass is recorded without a single readback and
+//! submitted when [`Backend::to_host`] needs a result. Intermediate tensors come from a
+//! [`pool::Pool`]; pipelines are compiled once per process ([`context::Context`]).
+//!
+//! Each shader has a Rust twin module holding its `Params` struct (`#[repr(C)]`, the layout
+//! of the shader's uniform), its [`Kernel`] description and the dispatch arithmetic.
+
+mod attention;
+pub mod context;
+mod embed;
+mod layer_norm;
+mod matmul;
+pub mod pool;
+mod rows;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use super::{Activation, Backend, Dtype, PackedBatch};
+use crate::error::{Error, Result};
+use context::Context;
+use pool::{Pool, PoolStats, PooledBuffer};
+
+pub use matmul::MatmulKernel;
+
+/// A shader and what the Rust side assumes about it (checked by `tests/shaders.rs`).
+pub struct Kernel {
+    pub name: &'static str,
+    /// The WGSL source; the entry point is `main`.
+    pub source: &'static str,
+    /// The entry point's `@workgroup_size`, which the dispatch arithmetic relies on.
+    pub workgroup_size: [u32; 3],
+    /// `size_of` the Rust twin of the shader's `Params` uniform.
+    pub params_size: usize,
+}
+
+/// Every kernel of the backend.
+pub const KERNELS: &[&Kernel] = &[
+    &embed::KERNEL,
+    &matmul::NAIVE,
+    &matmul::TILED,
+    &matmul::TILED_F16,
+    &layer_norm::KERNEL,
+    &attention::KERNEL,
+    &rows::GATHER,
+    &rows::MEAN_POOL,
+    &rows::L2_NORMALIZE,
+];
+
+/// How to build a [`Gpu`] backend.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Adapter index (as `bge devices` lists them); `None` picks the best adapter.
+    pub adapter: Option<usize>,
+    /// Storage of linear weights: f16 halves their memory and bandwidth (SHADER_F16 needed).
+    pub dtype: Dtype,
+    /// The matmul used for f32 weights.
+    pub matmul: MatmulKernel,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            adapter: None,
+            dtype: Dtype::F32,
+            matmul: MatmulKernel::Tiled,
+        }
+    }
+}
+
+pub struct Gpu {
+    ctx: Arc<Context>,
+    pool: Arc<Pool>,
+    options: GpuOptions,
+    /// Commands recorded since the last submission.
+    pending: RefCell<Option<wgpu::CommandEncoder>>,
+}
+
+/// A `[rows, cols]` f32 matrix in a GPU buffer.
+pub struct GpuTensor {
+    buffer: Buffer,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+enum Buffer {
+    /// Written by the host once (weights, inputs).
+    Uploaded(wgpu::Buffer),
+    /// Written by a kernel, recycled when dropped.
+    Pooled(PooledBuffer),
+}
+
+impl GpuTensor {
+    fn raw(&self) -> &wgpu::Buffer {
+        match &self.buffer {
+            Buffer::Uploaded(b) => b,
+            Buffer::Pooled(b) => b.raw(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// A linear layer: weight `[out, in]` (f32 or f16) and bias `[out]` (f32).
+pub struct GpuLinear {
+    weight: wgpu::Buffer,
+    bias: wgpu::Buffer,
+    dtype: Dtype,
+    out: usize,
+    inp: usize,
+}
+
+/// A packed batch on the GPU, with the attention kernel's table of 64-query blocks.
+pub struct GpuBatch {
+    ids: wgpu::Buffer,
+    positions: wgpu::Buffer,
+    types: wgpu::Buffer,
+    offsets: wgpu::Buffer,
+    /// `[blocks]` of (sequence start, sequence length, first query, 0).
+    blocks: wgpu::Buffer,
+    block_count: usize,
+    tokens: usize,
+    sequences: usize,
+}
+
+impl Gpu {
+    pub fn new(options: GpuOptions) -> Result<Self> {
+        let ctx = Context::shared(options.adapter)?;
+        if options.dtype == Dtype::F16 && !ctx.has_f16() {
+            return Err(Error::Gpu(format!(
+                "{} has no f16 shader support (SHADER_F16); use --dtype f32",
+                ctx.info.name
+            )));
+        }
+        Ok(Gpu {
+            pool: Pool::new(ctx.clone()),
+            ctx,
+            options,
+            pending: RefCell::new(None),
+        })
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Allocation statistics of intermediate tensors.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    pub fn reset_pool_peaks(&self) {
+        self.pool.reset_peaks()
+    }
+
+    /// A buffer the host fills once, e.g. weights or token ids.
+    fn upload(&self, bytes: &[u8], what: &str) -> Result<wgpu::Buffer> {
+        let size = (bytes.len() as u64).next_multiple_of(4).max(4);
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
+        let buffer = self.ctx.buffer(size, usage, what)?;
+        let mut padded;
+        let data = if bytes.len() as u64 == size {
+            bytes
+        } else {
+            padded = bytes.to_vec();
+            padded.resize(size as usize, 0);
+            &padded
+        };
+        self.ctx.queue.write_buffer(&buffer, 0, data);
+        Ok(buffer)
+    }
+
+    /// A pooled `[rows, cols]` output tensor.
+    fn output(&self, rows: usize, cols: usize, what: &str) -> Result<GpuTensor> {
+        let buffer = self.pool.take((rows * cols * 4) as u64, what)?;
+        Ok(GpuTensor {
+            buffer: Buffer::Pooled(buffer),
+            rows,
+            cols,
+        })
+    }
+
+    /// Records one dispatch of `kernel` specialised with `constants` (its `override`s):
+    /// binding 0 is `params`, bindings 1.. are `buffers`.
+    fn dispatch(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&'static str, u32)],
+        params: &impl Pod,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        let pipeline = self.ctx.pipeline(kernel, constants)?;
+        let device = &self.ctx.device;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(kernel.name),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(
+            buffers
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32 + 1,
+                    resource: b.as_entire_binding(),
+                }),
+        );
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.name),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let mut pending = self.pending.borrow_mut();
+        let encoder = pending.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") })
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.name),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// `count` workgroups folded into x and y under the per-dimension limit; shaders recover
+    /// the flat index as `x + y * num_workgroups.x`.
+    fn grid(&self, count: usize) -> [u32; 3] {
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension as usize;
+        let x = count.clamp(1, max);
+        [x as u32, count.div_ceil(x) as u32, 1]
+    }
+
+    /// Submits the pending commands (if any) and returns whether anything was submitted.
+    fn submit(&self) -> Option<wgpu::SubmissionIndex> {
+        let encoder = self.pending.borrow_mut().take()?;
+        Some(self.ctx.queue.submit([encoder.finish()]))
+    }
+}
+
+impl Backend for Gpu {
+    type Tensor = GpuTensor;
+    type Linear = GpuLinear;
+    type Batch = GpuBatch;
+
+    fn describe(&self) -> String {
+        let weights = match self.options.dtype {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16 weights, f32 activations",
+        };
+        format!("wgpu on {} [{weights}]", self.ctx.describe())
+    }
+
+    fn adapter(&self) -> String {
+        self.ctx.info.name.clone()
+    }
+
+    fn max_tensor_elements(&self) -> usize {
+        (self.ctx.limits.max_storage_buffer_binding_size / 4) as usize
+    }
+
+    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "tensor data does not match its shape"
+        );
+        Ok(GpuTensor {
+            buffer: Buffer::Uploaded(self.upload(bytemuck::cast_slice(data), "tensor")?),
+            rows,
+            cols,
+        })
+    }
+
+    fn to_host(&self, x: &GpuTensor) -> Result<Vec<f32>> {
+        let bytes = (x.len() * 4) as u64;
+        if bytes == 0 {
+            self.submit();
+            return Ok(Vec::new());
+        }
+        let staging = self.ctx.buffer(
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "readback",
+        )?;
+        {
+            let mut pending = self.pending.borrow_mut();
+            let encoder = pending.get_or_insert_with(|| {
+                self.ctx
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") })
+            });
+            encoder.copy_buffer_to_buffer(x.raw(), 0, &staging, 0, bytes);
+        }
+        let index = self.submit();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.ctx.check()?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("readback was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
+        let data = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(data)
+    }
+
+    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<GpuLinear> {
+        assert_eq!(weight.len(), out * inp, "weight does not match its shape");
+        assert_eq!(
+            bias.len(),
+            out,
+            "bias does not match the layer's output size"
+        );
+        let dtype = self.options.dtype;
+        let weight = match dtype {
+            Dtype::F32 => self.upload(bytemuck::cast_slice(weight), "weight")?,
+            Dtype::F16 => {
+                let half: Vec<half::f16> = weight.iter().map(|&w| half::f16::from_f32(w)).collect();
+                self.upload(bytemuck::cast_slice(&half), "weight")?
+            }
+        };
+        Ok(GpuLinear {
+            weight,
+            bias: self.upload(bytemuck::cast_slice(bias), "bias")?,
+            dtype,
+            out,
+            inp,
+        })
+    }
+
+    fn batch(&self, batch: &PackedBatch) -> Result<GpuBatch> {
+        let mut blocks: Vec<[u32; 4]> = Vec::new();
+        for s in 0..batch.sequences() {
+            let r = batch.range(s);
+            for first in (0..r.len()).step_by(attention::BLOCK) {
+                blocks.push([r.start as u32, r.len() as u32, first as u32, 0]);
+            }
+        }
+        let u32s = |v: &[u32], what| self.upload(bytemuck::cast_slice(v), what);
+        Ok(GpuBatch {
+            ids: u32s(&batch.ids, "ids")?,
+            positions: u32s(&batch.position_ids, "positions")?,
+            types: u32s(&batch.type_ids, "types")?,
+            offsets: u32s(&batch.offsets, "offsets")?,
+            blocks: self.upload(bytemuck::cast_slice(&blocks), "attention blocks")?,
+            block_count: blocks.len(),
+            tokens: batch.tokens(),
+            sequences: batch.sequences(),
+        })
+    }
+
+    fn embed(
+        &self,
+        batch: &GpuBatch,
+        word: &GpuTensor,
+        position: &GpuTensor,
+        token_type: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        embed::embed(self, batch, word, position, token_type)
+    }
+
+    fn matmul(&self, x: &GpuTensor, w: &GpuLinear, act: Activation) -> Result<GpuTensor> {
+        matmul::matmul(self, x, w, act)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &GpuTensor,
+        residual: Option<&GpuTensor>,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        eps: f32,
+    ) -> Result<GpuTensor> {
+        layer_norm::layer_norm(self, x, residual, gamma, beta, eps)
+    }
+
+    fn attention(&self, qkv: &GpuTensor, batch: &GpuBatch, heads: usize) -> Result<GpuTensor> {
+        attention::attention(self, qkv, batch, heads)
+    }
+
+    fn gather_rows(&self, x: &GpuTensor, rows: &[u32]) -> Result<GpuTensor> {
+        rows::gather(self, x, rows)
+    }
+
+    fn mean_pool(&self, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
+        rows::mean_pool(self, x, batch)
+    }
+
+    fn l2_normalize(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        rows::l2_normalize(self, x)
+    }
+}

@@ -1,0 +1,364 @@
+//! Every operation of every fast backend against the reference backend, on random inputs with
+//! awkward shapes: sizes that are multiples of no tile, single rows, single-token sequences,
+//! long rows. In CI the GPU is Mesa's lavapipe; a missing adapter fails these tests.
+
+mod common;
+
+use bge::backend::gpu::{Gpu, GpuOptions, MatmulKernel};
+use bge::backend::reference::Reference;
+use bge::backend::{Activation, Backend, Dtype, PackedBatch};
+use bge::model::SplitMix64;
+use common::{Tolerance, assert_close, to_f64, tol};
+
+/// Deterministic values uniform in `[-scale, scale)`.
+fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64(seed);
+    (0..n)
+        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// A backend under test, its name, and how it stores linear weights.
+struct Case<B> {
+    name: &'static str,
+    backend: B,
+    /// Weights as this backend stores them, so the reference sees the same values.
+    weight_dtype: Dtype,
+}
+
+fn gpu(matmul: MatmulKernel, dtype: Dtype) -> Gpu {
+    Gpu::new(GpuOptions {
+        adapter: None,
+        dtype,
+        matmul,
+    })
+    .expect("a GPU adapter (in CI: lavapipe, apt-get install mesa-vulkan-drivers)")
+}
+
+fn gpu_cases() -> Vec<Case<Gpu>> {
+    vec![
+        Case {
+            name: "gpu tiled f32",
+            backend: gpu(MatmulKernel::Tiled, Dtype::F32),
+            weight_dtype: Dtype::F32,
+        },
+        Case {
+            name: "gpu naive f32",
+            backend: gpu(MatmulKernel::Naive, Dtype::F32),
+            weight_dtype: Dtype::F32,
+        },
+        Case {
+            name: "gpu tiled f16",
+            backend: gpu(MatmulKernel::Tiled, Dtype::F16),
+            weight_dtype: Dtype::F16,
+        },
+    ]
+}
+
+/// Rounds weights to what a backend storing them in `dtype` holds.
+fn stored(w: &[f32], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => w.to_vec(),
+        Dtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+    }
+}
+
+fn matmul<B: Backend>(
+    b: &B,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    bias: &[f32],
+    act: Activation,
+) -> Vec<f32> {
+    let n = bias.len();
+    let xt = b.tensor(x, m, k).unwrap();
+    let lin = b.linear(w, bias, n, k).unwrap();
+    b.to_host(&b.matmul(&xt, &lin, act).unwrap()).unwrap()
+}
+
+fn check<B: Backend>(
+    cases: &[Case<B>],
+    what: &str,
+    tol: Tolerance,
+    run: impl Fn(&Case<B>) -> (Vec<f32>, Vec<f32>),
+) {
+    for case in cases {
+        let (got, want) = run(case);
+        assert_close(
+            &format!("{} {what}", case.name),
+            &to_f64(&got),
+            &to_f64(&want),
+            tol,
+        );
+    }
+}
+
+#[test]
+fn matmul_with_every_activation_and_awkward_shape() {
+    let cases = gpu_cases();
+    let shapes = [
+        (1, 1, 1),
+        (1, 37, 5),
+        (3, 5, 64),
+        (67, 33, 129),
+        (130, 65, 17),
+        (64, 64, 64),
+        (7, 300, 100),
+        (200, 3, 1030),
+        (5, 9, 4099),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let x = random(m * k, 1.0, 10 + i as u64);
+        let w = random(n * k, 1.0 / (k as f32).sqrt(), 20 + i as u64);
+        let bias = random(n, 0.5, 30 + i as u64);
+        for act in [
+            Activation::None,
+            Activation::Gelu,
+            Activation::Tanh,
+            Activation::Relu,
+        ] {
+            check(
+                &cases,
+                &format!("matmul {m}x{n}x{k} {act:?}"),
+                tol::KERNEL_F32,
+                |c| {
+                    let w_ref = stored(&w, c.weight_dtype);
+                    (
+                        matmul(&c.backend, &x, m, k, &w, &bias, act),
+                        matmul(&Reference, &x, m, k, &w_ref, &bias, act),
+                    )
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn gelu_matches_erf_across_its_range() {
+    // x from -12 to 12 through a 1x1 identity layer; tails included, where 1 + erf(x) cancels.
+    let m = 2401;
+    let x: Vec<f32> = (0..m).map(|i| -12.0 + i as f32 * 0.01).collect();
+    check(&gpu_cases(), "gelu", tol::GELU, |c| {
+        (
+            matmul(&c.backend, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
+            matmul(&Reference, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
+        )
+    });
+}
+
+fn layer_norm<B: Backend>(
+    b: &B,
+    x: &[f32],
+    res: Option<&[f32]>,
+    g: &[f32],
+    beta: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    let cols = g.len();
+    let xt = b.tensor(x, rows, cols).unwrap();
+    let rt = res.map(|r| b.tensor(r, rows, cols).unwrap());
+    let (gt, bt) = (
+        b.tensor(g, 1, cols).unwrap(),
+        b.tensor(beta, 1, cols).unwrap(),
+    );
+    b.to_host(&b.layer_norm(&xt, rt.as_ref(), &gt, &bt, 1e-5).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn layer_norm_with_and_without_residual() {
+    let cases = gpu_cases();
+    for (i, &(rows, cols)) in [(1, 1), (1, 7), (5, 33), (3, 1024), (2, 4099), (300, 32)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 100 + i as u64;
+        // An offset mean, as real activations have, exercises the two-pass variance.
+        let x: Vec<f32> = random(rows * cols, 1.0, seed)
+            .iter()
+            .map(|v| v + 3.0)
+            .collect();
+        let r = random(rows * cols, 1.0, seed + 1);
+        let g: Vec<f32> = random(cols, 0.2, seed + 2)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let beta = random(cols, 0.2, seed + 3);
+        for res in [None, Some(&r[..])] {
+            check(
+                &cases,
+                &format!("layer_norm {rows}x{cols} residual={}", res.is_some()),
+                tol::KERNEL_F32,
+                |c| {
+                    (
+                        layer_norm(&c.backend, &x, res, &g, &beta, rows),
+                        layer_norm(&Reference, &x, res, &g, &beta, rows),
+                    )
+                },
+            );
+        }
+    }
+}
+
+fn packed(lens: &[usize]) -> PackedBatch {
+    let mut b = PackedBatch {
+        offsets: vec![0],
+        ..PackedBatch::default()
+    };
+    for (s, &n) in lens.iter().enumerate() {
+        for t in 0..n {
+            b.ids.push(((s * 7 + t * 13) % 50) as u32);
+            b.type_ids.push((t % 2) as u32);
+            b.position_ids.push(t as u32);
+        }
+        b.offsets.push(b.ids.len() as u32);
+    }
+    b
+}
+
+fn attention<B: Backend>(b: &B, qkv: &[f32], lens: &[usize], h: usize, heads: usize) -> Vec<f32> {
+    let batch = packed(lens);
+    let t = b.tensor(qkv, batch.tokens(), 3 * h).unwrap();
+    b.to_host(&b.attention(&t, &b.batch(&batch).unwrap(), heads).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn attention_stays_inside_each_sequence() {
+    let cases = gpu_cases();
+    let configs: [(&[usize], usize, usize); 7] = [
+        (&[1], 4, 1),
+        (&[1, 7, 70], 8, 2),
+        (&[65, 3], 32, 4),
+        (&[129], 64, 1),
+        (&[17, 1, 200], 128, 1),
+        (&[33, 40], 384, 12),
+        (&[2, 2, 2, 2, 90], 48, 3),
+    ];
+    for (i, &(lens, h, heads)) in configs.iter().enumerate() {
+        let tokens: usize = lens.iter().sum();
+        // Scores of a few units: softmax neither uniform nor one-hot.
+        let qkv = random(tokens * 3 * h, 2.0, 200 + i as u64);
+        check(
+            &cases,
+            &format!("attention {lens:?} h={h} heads={heads}"),
+            tol::KERNEL_F32,
+            |c| {
+                (
+                    attention(&c.backend, &qkv, lens, h, heads),
+                    attention(&Reference, &qkv, lens, h, heads),
+                )
+            },
+        );
+    }
+}
+
+#[test]
+fn attention_refuses_head_sizes_it_cannot_hold() {
+    let g = gpu(MatmulKernel::Tiled, Dtype::F32);
+    let batch = packed(&[3]);
+    for (h, heads) in [(6, 1), (132, 1)] {
+        let t = g.tensor(&random(3 * 3 * h, 1.0, 1), 3, 3 * h).unwrap();
+        let err = g
+            .attention(&t, &g.batch(&batch).unwrap(), heads)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string()
+                .contains("not supported by the attention kernel"),
+            "{err}"
+        );
+    }
+}
+
+fn embed<B: Backend>(b: &B, lens: &[usize], h: usize) -> Vec<f32> {
+    let batch = packed(lens);
+    let word = b.tensor(&random(50 * h, 1.0, 1), 50, h).unwrap();
+    let pos = b.tensor(&random(300 * h, 1.0, 2), 300, h).unwrap();
+    let ty = b.tensor(&random(2 * h, 1.0, 3), 2, h).unwrap();
+    b.to_host(
+        &b.embed(&b.batch(&batch).unwrap(), &word, &pos, &ty)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn embedding_gather_and_sum() {
+    for (lens, h) in [(&[1][..], 1), (&[3, 250][..], 33), (&[7][..], 384)] {
+        check(
+            &gpu_cases(),
+            &format!("embed {lens:?} h={h}"),
+            tol::KERNEL_F32,
+            |c| (embed(&c.backend, lens, h), embed(&Reference, lens, h)),
+        );
+    }
+}
+
+fn pooling<B: Backend>(b: &B, lens: &[usize], cols: usize) -> Vec<f32> {
+    let batch = packed(lens);
+    let x = b
+        .tensor(&random(batch.tokens() * cols, 1.0, 9), batch.tokens(), cols)
+        .unwrap();
+    let on = b.batch(&batch).unwrap();
+    let mut out = b.to_host(&b.mean_pool(&x, &on).unwrap()).unwrap();
+    out.extend(
+        b.to_host(&b.gather_rows(&x, &batch.first_rows()).unwrap())
+            .unwrap(),
+    );
+    let all_but_first: Vec<u32> = (0..batch.tokens() as u32)
+        .filter(|t| !batch.offsets.contains(t))
+        .collect();
+    out.extend(
+        b.to_host(&b.gather_rows(&x, &all_but_first).unwrap())
+            .unwrap(),
+    );
+    out.extend(b.to_host(&b.l2_normalize(&x).unwrap()).unwrap());
+    out
+}
+
+#[test]
+fn pooling_gathering_and_normalisation() {
+    for (lens, cols) in [(&[1][..], 1), (&[1, 5, 300][..], 37), (&[2, 2][..], 1024)] {
+        check(
+            &gpu_cases(),
+            &format!("pooling {lens:?} cols={cols}"),
+            tol::KERNEL_F32,
+            |c| {
+                (
+                    pooling(&c.backend, lens, cols),
+                    pooling(&Reference, lens, cols),
+                )
+            },
+        );
+    }
+}
+
+#[test]
+fn l2_normalize_keeps_zero_rows_zero() {
+    check(&gpu_cases(), "l2 of zeros", tol::KERNEL_F32, |c| {
+        let b = &c.backend;
+        let x = b.tensor(&[0.0; 6], 2, 3).unwrap();
+        (
+            b.to_host(&b.l2_normalize(&x).unwrap()).unwrap(),
+            vec![0.0; 6],
+        )
+    });
+}
+
+#[test]
+fn empty_inputs_give_empty_outputs() {
+    for c in gpu_cases() {
+        let b = &c.backend;
+        let x = b.tensor(&random(12, 1.0, 5), 4, 3).unwrap();
+        assert!(
+            b.to_host(&b.gather_rows(&x, &[]).unwrap())
+                .unwrap()
+                .is_empty(),
+            "{}",
+            c.name
+        );
+    }
+}
