@@ -197,6 +197,104 @@ fn minilm_with_mean_pooling() {
 }
 
 #[test]
+fn gpu_embed_matches_the_references_in_f32_and_f16() {
+    let want = reference("tiny_bge/flagmodel.safetensors");
+    let sentences = jsonl(&texts("sentences"));
+    let model = tiny_bge();
+    for (dtype, tol, min_cosine) in [
+        ("f32", tol::NORMALIZED, MIN_COSINE),
+        ("f16", tol::F16_VECTORS, 0.999),
+    ] {
+        let gpu = ["--device", "gpu", "--dtype", dtype];
+        let out = bge(
+            &[&["embed", "--model", &model][..], &gpu].concat(),
+            &sentences,
+            &[],
+        );
+        assert_rows(
+            &format!("gpu {dtype} 512"),
+            &dense(&out),
+            &load(&want, "encode_max512"),
+            tol,
+            min_cosine,
+        );
+        let out = bge(
+            &[
+                &["embed", "--model", &model, "--max-length", "16"][..],
+                &gpu,
+            ]
+            .concat(),
+            &sentences,
+            &[],
+        );
+        assert_rows(
+            &format!("gpu {dtype} 16"),
+            &dense(&out),
+            &load(&want, "encode_max16"),
+            tol,
+            min_cosine,
+        );
+        let ins = bge::embedder::INSTRUCTION_EN;
+        let args = [
+            &["embed", "--model", &model, "--instruction", ins][..],
+            &gpu,
+        ]
+        .concat();
+        let out = bge(&args, jsonl(&texts("queries")), &[]);
+        assert_rows(
+            &format!("gpu {dtype} queries"),
+            &dense(&out),
+            &load(&want, "queries"),
+            tol,
+            min_cosine,
+        );
+        let minilm = common::minilm_dir();
+        let args = [
+            &[
+                "embed",
+                "--model",
+                minilm.to_str().unwrap(),
+                "--max-length",
+                "256",
+            ][..],
+            &gpu,
+        ]
+        .concat();
+        let out = bge(&args, &sentences, &[]);
+        let want = load(
+            &reference("minilm/embeddings.safetensors"),
+            "mean_normalized",
+        );
+        assert_rows(
+            &format!("gpu {dtype} minilm"),
+            &dense(&out),
+            &want,
+            tol,
+            min_cosine,
+        );
+    }
+}
+
+#[test]
+fn devices_lists_the_adapters() {
+    let out = bge(&["devices"], "", &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("0: "), "{text}");
+    assert!(
+        text.contains("f16: ") && text.contains("limits: storage binding"),
+        "{text}"
+    );
+    assert!(text.contains("--device gpu uses adapter"), "{text}");
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--device", "gpu:99"],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("there is no adapter 99"));
+}
+
+#[test]
 fn empty_input_gives_empty_output() {
     let out = bge(&["embed", "--model", &tiny_bge()], "", &[]);
     assert!(out.status.success());

@@ -31,6 +31,8 @@ enum Command {
     Embed(EmbedArgs),
     /// Time the encoder on random or real weights (same JSON fields as peer_bench.py).
     Bench(BenchArgs),
+    /// List the GPU adapters wgpu finds, with the features and limits the kernels use.
+    Devices,
 }
 
 #[derive(clap::Args)]
@@ -121,6 +123,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Embed(args) => embed(args),
         Command::Bench(args) => run_bench(args),
+        Command::Devices => {
+            print!("{}", bge::backend::gpu::context::adapter_report());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

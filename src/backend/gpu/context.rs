@@ -52,6 +52,77 @@ pub fn hardware_gpu_present() -> bool {
 /// A kernel and the values of its pipeline constants (e.g. the head size).
 type PipelineKey = (&'static str, Vec<(&'static str, u32)>);
 
+/// What `bge devices` prints: each adapter with its backend, driver, the features the kernels
+/// use and the limits that size batches, and which adapter each `--device` choice takes.
+pub fn adapter_report() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mib = |b: u64| format!("{} MiB", b >> 20);
+    for (i, a) in adapters().iter().enumerate() {
+        let info = a.get_info();
+        let f = a.features();
+        let l = a.limits();
+        let yes = |flag| if f.contains(flag) { "yes" } else { "no" };
+        let subgroups = if f.contains(wgpu::Features::SUBGROUP) {
+            format!(
+                "yes ({}..{})",
+                info.subgroup_min_size, info.subgroup_max_size
+            )
+        } else {
+            "no".into()
+        };
+        let coop: Vec<String> = if f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
+            a.cooperative_matrix_properties()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}x{}x{} {:?}->{:?}",
+                        p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let _ = writeln!(
+            out,
+            "{i}: {} [{:?}, {:?}] driver: {} {}",
+            info.name, info.device_type, info.backend, info.driver, info.driver_info
+        );
+        let _ = writeln!(
+            out,
+            "   f16: {}  subgroups: {subgroups}  cooperative matrix: {}",
+            yes(wgpu::Features::SHADER_F16),
+            if coop.is_empty() {
+                "no".into()
+            } else {
+                coop.join(", ")
+            }
+        );
+        let _ = writeln!(
+            out,
+            "   limits: storage binding {}, buffer {}, workgroup memory {} KiB, {} invocations per workgroup",
+            mib(l.max_storage_buffer_binding_size),
+            mib(l.max_buffer_size),
+            l.max_compute_workgroup_storage_size / 1024,
+            l.max_compute_invocations_per_workgroup
+        );
+    }
+    match best_adapter() {
+        None => out
+            .push_str("no GPU adapter: --device auto and cpu run on the CPU, --device gpu fails\n"),
+        Some(b) => {
+            let auto = if hardware_gpu_present() {
+                format!("--device auto uses adapter {b}")
+            } else {
+                "--device auto uses the CPU (only a software adapter is present)".into()
+            };
+            let _ = writeln!(out, "--device gpu uses adapter {b}; {auto}");
+        }
+    }
+    out
+}
+
 /// A device, its queue, its pipelines and a record of errors wgpu reported asynchronously.
 pub struct Context {
     pub info: wgpu::AdapterInfo,
