@@ -75,7 +75,13 @@ impl ModelConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw: RawConfig = read_json(path)?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_bytes(path, &bytes)
+    }
+
+    /// Parses the text of a `config.json`; `path` only names it in errors.
+    pub fn from_json_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let raw: RawConfig = parse_json(path, bytes)?;
         raw.into_config(path)
     }
 
@@ -169,7 +175,11 @@ pub fn read_pooling(path: &Path) -> Result<Option<Pooling>> {
 
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+    parse_json(path, &bytes)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
         path: path.to_owned(),
         source,
     })

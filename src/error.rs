@@ -30,6 +30,10 @@ pub enum Error {
     #[error("{path}: corrupt weight file: {message}")]
     CorruptWeights { path: PathBuf, message: String },
 
+    /// A checkpoint whose pickle asks for more than a state dict: nothing of it is run.
+    #[error("{path}: refusing to load: {message}")]
+    UnsafeWeights { path: PathBuf, message: String },
+
     #[error("{path}: tensor `{name}` is missing")]
     MissingTensor { path: PathBuf, name: String },
 

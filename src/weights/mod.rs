@@ -1,9 +1,11 @@
-//! Checkpoint files, memory-mapped: a name -> (dtype, shape, bytes) table over the mapping.
+//! Checkpoint files (safetensors, PyTorch zip), memory-mapped: a name -> (dtype, shape, bytes)
+//! table over the mapping.
 //!
 //! Each format module only parses its header into [`Entry`]s; the bytes are never copied until a
 //! backend converts a tensor into its own storage, so a 2 GB checkpoint costs one copy, not two.
 
 mod safetensors;
+mod torch;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -48,16 +50,10 @@ pub struct WeightFile {
 }
 
 impl WeightFile {
-    /// Opens a `.safetensors` file.
+    /// Opens a `.safetensors` file or a PyTorch zip checkpoint (`pytorch_model.bin`, `*.pt`).
     pub fn open(path: &Path) -> Result<Self> {
-        if path.extension().is_some_and(|e| e != "safetensors") {
-            return Err(Error::corrupt(
-                path,
-                "only .safetensors checkpoints can be read by this build",
-            ));
-        }
         let map = map_file(path)?;
-        let entries = safetensors::parse(path, &map)?;
+        let entries = parse(path, &map)?;
         Ok(WeightFile {
             path: path.to_owned(),
             map,
@@ -171,6 +167,32 @@ impl TensorRef<'_> {
                 .collect(),
         }
     }
+}
+
+/// Reads the tensor table of a checkpoint, picking the format from its first bytes: torch.save
+/// writes a zip archive; a safetensors file starts with its header length, so it has no magic.
+fn parse(path: &Path, bytes: &[u8]) -> Result<HashMap<String, Entry>> {
+    if bytes.starts_with(torch::ZIP_MAGIC) {
+        torch::parse(path, bytes)
+    } else if bytes.starts_with(torch::LEGACY_MAGIC) {
+        Err(Error::corrupt(
+            path,
+            "a legacy (pre-1.6) torch.save file; re-save it with a recent PyTorch or convert it to safetensors",
+        ))
+    } else {
+        safetensors::parse(path, bytes)
+    }
+}
+
+/// Parses checkpoint bytes (safetensors or a PyTorch zip) into `(name, dtype, shape)`, sorted
+/// by name, without keeping them; for fuzzing and inspection.
+pub fn parse_bytes(bytes: &[u8]) -> Result<Vec<(String, DType, Vec<usize>)>> {
+    let mut tensors: Vec<_> = parse(Path::new("<bytes>"), bytes)?
+        .into_iter()
+        .map(|(name, e)| (name, e.dtype, e.shape))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(tensors)
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {

@@ -1,6 +1,8 @@
 //! Shared by every integration test: fixture paths and readers, and the one tolerance rule.
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+pub mod torch_file;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -124,6 +126,22 @@ pub mod tol {
         atol: 1e-5,
         rtol: 1e-4,
     };
+    /// BGE-M3 lexical weights, per id (manifest: atol 1e-4; an id present on one side only
+    /// must weigh less than this, as it may cross the ReLU by rounding).
+    pub const LEXICAL: Tolerance = Tolerance {
+        atol: 1e-4,
+        rtol: 0.0,
+    };
+    /// Reranker logits vs FlagReranker fp32 (manifest: atol 1e-4).
+    pub const LOGITS: Tolerance = Tolerance {
+        atol: 1e-4,
+        rtol: 0.0,
+    };
+    /// Reranker scores after the sigmoid (manifest: atol 2e-5; its slope is at most 1/4).
+    pub const SIGMOID: Tolerance = Tolerance {
+        atol: 2e-5,
+        rtol: 0.0,
+    };
     /// Unit vectors computed with f16 weights vs FlagEmbedding fp32: f16 keeps 11 significant
     /// bits (relative rounding 2^-11 = 4.9e-4 per weight), which moves every component of a
     /// unit vector by up to a few 1e-3; the bar that matters is the cosine >= 0.999 beside it.
@@ -219,4 +237,14 @@ pub fn minilm_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The devices every model-level test runs on: the reference, the CPU backend and the GPU
+/// (lavapipe in CI, where a missing adapter fails the test).
+pub fn devices() -> Vec<bge::Device> {
+    vec![
+        bge::Device::Reference,
+        bge::Device::Cpu,
+        bge::Device::Gpu(None),
+    ]
 }
