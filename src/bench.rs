@@ -10,8 +10,9 @@ use serde_json::json;
 use crate::backend::{Dtype, PackedBatch};
 use crate::config::{Arch, ModelConfig, Pooling, Shape};
 use crate::error::{Error, Result};
+use crate::heads::HeadParams;
 use crate::model::{Checkpoint, RandomParams, SplitMix64};
-use crate::pipeline::{self, Device};
+use crate::pipeline::{self, Device, Request};
 use crate::source::ModelFiles;
 use crate::weights::Weights;
 
@@ -50,6 +51,7 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
                 spec.dtype,
                 &config,
                 &Checkpoint::new(&weights)?,
+                &HeadParams::default(),
             )?;
             let label = shape.map_or(files.name.clone(), |s| s.name().to_owned());
             (label, config, p)
@@ -61,6 +63,7 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
                 spec.dtype,
                 &config,
                 &RandomParams { seed: spec.seed },
+                &HeadParams::default(),
             )?;
             (shape.name().to_owned(), config, p)
         }
@@ -78,16 +81,21 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         )));
     }
     let (batch, lens) = inputs(&config, spec.batch, spec.seq, spec.ragged, spec.seed)?;
+    // FlagEmbedding's dense output: CLS pooling, L2-normalised.
+    let request = Request {
+        dense: Some((Pooling::Cls, true)),
+        ..Request::default()
+    };
     let mut checksum = 0.0;
     for _ in 0..spec.warmup {
-        pipeline.dense(&batch, Pooling::Cls, true)?;
+        pipeline.run(&batch, &request)?;
     }
     let mut times = Vec::with_capacity(spec.iters);
     for _ in 0..spec.iters {
         let start = Instant::now();
-        let out = pipeline.dense(&batch, Pooling::Cls, true)?;
+        let out = pipeline.run(&batch, &request)?;
         times.push(start.elapsed().as_secs_f64());
-        checksum = out.iter().flatten().map(|&v| v as f64).sum::<f64>();
+        checksum = out.dense.iter().flatten().map(|&v| v as f64).sum::<f64>();
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];

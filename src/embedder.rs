@@ -9,11 +9,11 @@
 use crate::backend::Dtype;
 use crate::config::{ModelConfig, Pooling};
 use crate::error::{Error, Result};
-use crate::model::{self, Checkpoint};
-use crate::pipeline::{self, Device, Pipeline};
+use crate::heads::sparse::LexicalWeights;
+use crate::pipeline::{Device, Request};
+use crate::runtime::Runtime;
 use crate::source::ModelFiles;
-use crate::tokenize::{Encoded, Tokenizer};
-use crate::weights::Weights;
+use crate::tokenize::Tokenizer;
 
 /// FlagEmbedding's query instruction for the English bge v1 / v1.5 models.
 pub const INSTRUCTION_EN: &str = "Represent this sentence for searching relevant passages: ";
@@ -82,17 +82,41 @@ impl Default for Options {
     }
 }
 
-/// Dense vectors of a call, and how many of its texts were cut to the max length.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DenseOutput {
-    pub vectors: Vec<Vec<f32>>,
+/// Which outputs a call computes (one encoder pass serves all of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Want {
+    pub dense: bool,
+    /// BGE-M3 lexical weights.
+    pub sparse: bool,
+    /// BGE-M3 ColBERT vectors.
+    pub colbert: bool,
+}
+
+impl Want {
+    pub const DENSE: Want = Want {
+        dense: true,
+        sparse: false,
+        colbert: false,
+    };
+}
+
+/// The outputs of one call, in input order (each list empty unless asked for), and how many
+/// texts were cut to the max length.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Embeddings {
+    /// `[n][h]` sentence vectors.
+    pub dense: Vec<Vec<f32>>,
+    /// BGE-M3 lexical weights per text.
+    pub sparse: Vec<LexicalWeights>,
+    /// BGE-M3 ColBERT vectors per text: one per token but the first (`len - 1` rows).
+    pub colbert: Vec<Vec<Vec<f32>>>,
     pub truncated: usize,
 }
 
-/// A dense embedder with FlagEmbedding's `FlagModel` semantics.
+/// An embedder with FlagEmbedding's `FlagModel` semantics; with BGE-M3's heads present it also
+/// gives sparse and ColBERT outputs (see [`crate::m3::M3Model`] for BGE-M3's scoring API).
 pub struct FlagModel {
-    pipeline: Box<dyn Pipeline>,
-    tokenizer: Tokenizer,
+    runtime: Runtime,
     /// The model's name, from which the defaults were inferred.
     pub name: String,
     pub pooling: Pooling,
@@ -112,24 +136,10 @@ impl FlagModel {
     }
 
     pub fn from_files(files: &ModelFiles, options: &Options) -> Result<Self> {
-        let config = ModelConfig::from_file(&files.config)?;
-        let tokenizer = Tokenizer::from_file(&files.tokenizer)?;
-        let file_pooling = match &files.pooling {
-            Some(p) => crate::config::read_pooling(p)?,
-            None => None,
-        };
-        let weights = Weights::open(&files.weights)?;
-        let pipeline = pipeline::load(
-            options.device,
-            options.dtype,
-            &config,
-            &Checkpoint::new(&weights)?,
-        )?;
+        let runtime = Runtime::load(files, options.device, options.dtype)?;
+        let default_length = DEFAULT_MAX_LENGTH.min(runtime.config().max_tokens());
         let limit = |requested: Option<usize>| {
-            check_max_length(
-                requested.unwrap_or(DEFAULT_MAX_LENGTH.min(config.max_tokens())),
-                &config,
-            )
+            runtime.check_max_length(requested.unwrap_or(default_length))
         };
         if options.batch_size == 0 {
             return Err(Error::InvalidArgument(
@@ -139,7 +149,10 @@ impl FlagModel {
         check_format(&options.query_instruction_format)?;
         Ok(FlagModel {
             name: files.name.clone(),
-            pooling: options.pooling.or(file_pooling).unwrap_or(Pooling::Cls),
+            pooling: options
+                .pooling
+                .or(runtime.file_pooling)
+                .unwrap_or(Pooling::Cls),
             normalize: options.normalize,
             batch_size: options.batch_size,
             max_length: limit(options.max_length)?,
@@ -150,57 +163,80 @@ impl FlagModel {
                 .or_else(|| default_query_instruction(&files.name).map(str::to_owned)),
             query_instruction_format: options.query_instruction_format.clone(),
             passage_instruction: options.passage_instruction.clone(),
-            pipeline,
-            tokenizer,
+            runtime,
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
-        self.pipeline.config()
+        self.runtime.config()
     }
 
     /// The backend and device the model runs on, in words.
     pub fn describe(&self) -> String {
-        self.pipeline.describe()
+        self.runtime.describe()
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
+        &self.runtime.tokenizer
+    }
+
+    /// Whether the model has BGE-M3's sparse and ColBERT heads (`sparse_linear.pt`,
+    /// `colbert_linear.pt`).
+    pub fn has_m3_heads(&self) -> (bool, bool) {
+        let (sparse, colbert, _) = self.runtime.heads();
+        (sparse, colbert)
     }
 
     /// `FlagModel.encode`: no instruction, `max_length`.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let max_length = self.max_length;
         Ok(self
-            .encode_with(texts, None, self.max_length, &mut |_| {})?
-            .vectors)
+            .embed(texts, None, max_length, Want::DENSE, &mut |_| {})?
+            .dense)
     }
 
     /// `FlagModel.encode_queries`: the query instruction (if any), `query_max_length`.
     pub fn encode_queries(&self, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
         let instruction = self.query_instruction.as_deref();
+        let max_length = self.query_max_length;
         Ok(self
-            .encode_with(queries, instruction, self.query_max_length, &mut |_| {})?
-            .vectors)
+            .embed(queries, instruction, max_length, Want::DENSE, &mut |_| {})?
+            .dense)
     }
 
     /// `FlagModel.encode_corpus`: the passage instruction (if any), `max_length`.
     pub fn encode_corpus(&self, corpus: &[&str]) -> Result<Vec<Vec<f32>>> {
         let instruction = self.passage_instruction.as_deref();
+        let max_length = self.max_length;
         Ok(self
-            .encode_with(corpus, instruction, self.max_length, &mut |_| {})?
-            .vectors)
+            .embed(corpus, instruction, max_length, Want::DENSE, &mut |_| {})?
+            .dense)
     }
 
     /// The general form: `instruction` joined to each text by `query_instruction_format`,
-    /// truncation at `max_length`, and `progress(n)` after every batch of `n` texts.
-    pub fn encode_with(
+    /// truncation at `max_length`, the outputs `want` asks for, and `progress(n)` after every
+    /// batch of `n` texts.
+    pub fn embed(
         &self,
         texts: &[&str],
         instruction: Option<&str>,
         max_length: usize,
+        want: Want,
         progress: &mut dyn FnMut(usize),
-    ) -> Result<DenseOutput> {
-        let max_length = check_max_length(max_length, self.config())?;
+    ) -> Result<Embeddings> {
+        let max_length = self.runtime.check_max_length(max_length)?;
+        let (has_sparse, has_colbert) = self.has_m3_heads();
+        for (asked, has, head, file) in [
+            (want.sparse, has_sparse, "sparse", "sparse_linear.pt"),
+            (want.colbert, has_colbert, "ColBERT", "colbert_linear.pt"),
+        ] {
+            if asked && !has {
+                return Err(Error::InvalidArgument(format!(
+                    "model `{}` has no {head} head ({file}); sparse and ColBERT outputs need BGE-M3",
+                    self.name
+                )));
+            }
+        }
         let joined: Vec<String>;
         let inputs: Vec<&str> = match instruction.filter(|i| !i.is_empty()) {
             Some(ins) => {
@@ -212,57 +248,29 @@ impl FlagModel {
             }
             None => texts.to_vec(),
         };
-        let encoded = self.tokenizer.encode_batch(&inputs, max_length)?;
-        let truncated = encoded.iter().filter(|e| e.truncated()).count();
-        let mut vectors = vec![Vec::new(); texts.len()];
-        for batch in plan_batches(&encoded, self.batch_size, self.pipeline.max_batch_tokens()) {
-            let seqs: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
-            let packed = model::pack(self.config(), &seqs)?;
-            let dense = self.pipeline.dense(&packed, self.pooling, self.normalize)?;
-            for (&i, v) in batch.iter().zip(dense) {
-                vectors[i] = v;
-            }
-            progress(batch.len());
-        }
-        Ok(DenseOutput { vectors, truncated })
+        let encoded = self.runtime.tokenizer.encode_batch(&inputs, max_length)?;
+        let request = Request {
+            dense: want.dense.then_some((self.pooling, self.normalize)),
+            token_weights: want.sparse,
+            colbert: want.colbert,
+            logits: false,
+        };
+        let out = self
+            .runtime
+            .run(&encoded, &request, self.batch_size, progress)?;
+        let skip = self.runtime.tokenizer.sparse_skip_ids();
+        Ok(Embeddings {
+            dense: out.dense,
+            sparse: out
+                .token_weights
+                .iter()
+                .zip(&encoded)
+                .map(|(w, e)| LexicalWeights::from_tokens(&e.ids, w, skip))
+                .collect(),
+            colbert: out.colbert,
+            truncated: encoded.iter().filter(|e| e.truncated()).count(),
+        })
     }
-}
-
-/// Index batches: longest texts first, at most `batch_size` texts and `max_tokens` tokens each.
-pub(crate) fn plan_batches(
-    encoded: &[Encoded],
-    batch_size: usize,
-    max_tokens: usize,
-) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..encoded.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(encoded[i].len()));
-    let mut batches = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    let mut tokens = 0;
-    for i in order {
-        let n = encoded[i].len();
-        if !current.is_empty() && (current.len() == batch_size || tokens + n > max_tokens) {
-            batches.push(std::mem::take(&mut current));
-            tokens = 0;
-        }
-        current.push(i);
-        tokens += n;
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
-}
-
-fn check_max_length(max_length: usize, config: &ModelConfig) -> Result<usize> {
-    if max_length < 2 || max_length > config.max_tokens() {
-        return Err(Error::InvalidArgument(format!(
-            "max length {max_length} is outside 2..={}, the range this model's {} position embeddings allow",
-            config.max_tokens(),
-            config.max_position_embeddings
-        )));
-    }
-    Ok(max_length)
 }
 
 fn check_format(format: &str) -> Result<()> {
@@ -312,21 +320,5 @@ mod tests {
             "<instruct>find\n<query>a {} b"
         );
         assert!(check_format("{}").is_err());
-    }
-
-    #[test]
-    fn batches_are_longest_first_and_bounded() {
-        let enc = |n: usize| Encoded {
-            ids: vec![1; n],
-            type_ids: vec![0; n],
-            untruncated_len: n,
-        };
-        let e = [enc(3), enc(9), enc(5), enc(2), enc(7)];
-        assert_eq!(
-            plan_batches(&e, 2, usize::MAX),
-            [vec![1, 4], vec![2, 0], vec![3]]
-        );
-        assert_eq!(plan_batches(&e, 10, 12), [vec![1], vec![4, 2], vec![0, 3]]);
-        assert!(plan_batches(&[], 4, 100).is_empty());
     }
 }

@@ -1,4 +1,4 @@
-//! A model resident on one backend, behind an object-safe interface so that the device can be
+//! A model (encoder and heads) resident on one backend, behind an object-safe interface so that the device can be
 //! chosen at run time (`--device`). Everything below this line is generic over [`Backend`];
 //! everything above it (the embedder API, the CLI) sees host vectors only.
 
@@ -6,9 +6,10 @@ use std::str::FromStr;
 
 use crate::backend::gpu::{self, Gpu, GpuOptions};
 use crate::backend::reference::Reference;
-use crate::backend::{Backend, Dtype, PackedBatch};
+use crate::backend::{Activation, Backend, Dtype, PackedBatch};
 use crate::config::{ModelConfig, Pooling};
 use crate::error::{Error, Result};
+use crate::heads::{HeadParams, Heads};
 use crate::model::{Encoder, Params};
 
 /// Where to run: `auto`, `cpu`, `reference`, `gpu` or `gpu:N`.
@@ -47,6 +48,32 @@ impl FromStr for Device {
     }
 }
 
+/// What one forward pass should produce; every output comes from the same encoder pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Sentence vectors with this pooling, L2-normalised if the flag is set.
+    pub dense: Option<(Pooling, bool)>,
+    /// Per-token weights of the sparse head, `relu(sparse_linear(h_t))`.
+    pub token_weights: bool,
+    /// ColBERT vectors: `normalize(colbert_linear(h_t))` for every token but the first.
+    pub colbert: bool,
+    /// Classifier logits of the first token (rerankers).
+    pub logits: bool,
+}
+
+/// The host-side results of a [`Request`], one entry per sequence of the batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outputs {
+    /// `[B][h]`
+    pub dense: Vec<Vec<f32>>,
+    /// `[B][len]`
+    pub token_weights: Vec<Vec<f32>>,
+    /// `[B][len - 1][h]`
+    pub colbert: Vec<Vec<Vec<f32>>>,
+    /// `[B][labels]`
+    pub logits: Vec<Vec<f32>>,
+}
+
 /// A loaded model on some backend.
 pub trait Pipeline {
     /// The backend, device and precision, in words.
@@ -57,24 +84,23 @@ pub trait Pipeline {
 
     fn config(&self) -> &ModelConfig;
 
+    /// Which heads the model has: (sparse, colbert, classifier).
+    fn heads(&self) -> (bool, bool, bool);
+
     /// The most tokens one forward pass may hold on this device.
     fn max_batch_tokens(&self) -> usize;
 
-    /// `[B][h]` sentence vectors of a batch: pooled, and L2-normalised if `normalize`.
-    fn dense(
-        &self,
-        batch: &PackedBatch,
-        pooling: Pooling,
-        normalize: bool,
-    ) -> Result<Vec<Vec<f32>>>;
+    /// Runs the encoder once on `batch` and computes what `request` asks for.
+    fn run(&self, batch: &PackedBatch, request: &Request) -> Result<Outputs>;
 }
 
-/// Loads a model's encoder onto the backend `device` names.
+/// Loads a model's encoder and heads onto the backend `device` names.
 pub fn load(
     device: Device,
     dtype: Dtype,
     config: &ModelConfig,
     params: &dyn Params,
+    heads: &HeadParams,
 ) -> Result<Box<dyn Pipeline>> {
     let device = match device {
         Device::Auto if gpu::context::hardware_gpu_present() => Device::Gpu(None),
@@ -88,26 +114,46 @@ pub fn load(
                 dtype,
                 ..GpuOptions::default()
             })?;
-            Ok(Box::new(OnBackend::load(gpu, config, params)?))
+            Ok(Box::new(OnBackend::load(gpu, config, params, heads)?))
         }
         (_, Dtype::F16) => Err(Error::InvalidArgument(
             "--dtype f16 needs a GPU (--device gpu); the CPU backends compute in f32".into(),
         )),
-        (_, Dtype::F32) => Ok(Box::new(OnBackend::load(Reference, config, params)?)),
+        (_, Dtype::F32) => Ok(Box::new(OnBackend::load(Reference, config, params, heads)?)),
     }
 }
 
-/// An encoder and the backend holding its weights.
+/// An encoder, its heads and the backend holding their weights.
 pub struct OnBackend<B: Backend> {
     pub backend: B,
     pub encoder: Encoder<B>,
+    pub heads: Heads<B>,
 }
 
 impl<B: Backend> OnBackend<B> {
-    pub fn load(backend: B, config: &ModelConfig, params: &dyn Params) -> Result<Self> {
+    pub fn load(
+        backend: B,
+        config: &ModelConfig,
+        params: &dyn Params,
+        heads: &HeadParams,
+    ) -> Result<Self> {
         let encoder = Encoder::load(&backend, config, params)?;
-        Ok(OnBackend { backend, encoder })
+        let heads = Heads::load(&backend, config, heads)?;
+        Ok(OnBackend {
+            backend,
+            encoder,
+            heads,
+        })
     }
+}
+
+/// Splits `[n][cols]` host values into rows.
+fn rows(values: Vec<f32>, cols: usize) -> Vec<Vec<f32>> {
+    values.chunks(cols.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+fn missing_head(name: &str) -> Error {
+    Error::InvalidArgument(format!("this model has no {name} head"))
 }
 
 impl<B: Backend> Pipeline for OnBackend<B> {
@@ -123,6 +169,15 @@ impl<B: Backend> Pipeline for OnBackend<B> {
         &self.encoder.config
     }
 
+    fn heads(&self) -> (bool, bool, bool) {
+        let h = &self.heads;
+        (
+            h.sparse.is_some(),
+            h.colbert.is_some(),
+            h.classifier.is_some(),
+        )
+    }
+
     fn max_batch_tokens(&self) -> usize {
         // The widest activation per token: QKV (3h) or the FFN's intermediate.
         let c = &self.encoder.config;
@@ -130,25 +185,63 @@ impl<B: Backend> Pipeline for OnBackend<B> {
         self.backend.max_tensor_elements() / widest
     }
 
-    fn dense(
-        &self,
-        batch: &PackedBatch,
-        pooling: Pooling,
-        normalize: bool,
-    ) -> Result<Vec<Vec<f32>>> {
+    fn run(&self, batch: &PackedBatch, request: &Request) -> Result<Outputs> {
         let b = &self.backend;
+        let h = self.encoder.config.hidden_size;
         let on_device = b.batch(batch)?;
         let hidden = self.encoder.forward(b, &on_device)?; // [T, h]
-        let pooled = match pooling {
-            Pooling::Cls => b.gather_rows(&hidden, &batch.first_rows())?,
-            Pooling::Mean => b.mean_pool(&hidden, &on_device)?,
-        }; // [B, h]
-        let out = if normalize {
-            b.l2_normalize(&pooled)?
-        } else {
-            pooled
-        };
-        let h = self.encoder.config.hidden_size;
-        Ok(b.to_host(&out)?.chunks(h).map(<[f32]>::to_vec).collect())
+        let mut out = Outputs::default();
+        if let Some((pooling, normalize)) = request.dense {
+            let pooled = match pooling {
+                Pooling::Cls => b.gather_rows(&hidden, &batch.first_rows())?,
+                Pooling::Mean => b.mean_pool(&hidden, &on_device)?,
+            }; // [B, h]
+            let pooled = if normalize {
+                b.l2_normalize(&pooled)?
+            } else {
+                pooled
+            };
+            out.dense = rows(b.to_host(&pooled)?, h);
+        }
+        if request.token_weights {
+            let head = self
+                .heads
+                .sparse
+                .as_ref()
+                .ok_or_else(|| missing_head("sparse"))?;
+            let weights = b.to_host(&b.matmul(&hidden, head, Activation::Relu)?)?; // [T]
+            out.token_weights = (0..batch.sequences())
+                .map(|s| weights[batch.range(s)].to_vec())
+                .collect();
+        }
+        if request.colbert {
+            let head = self
+                .heads
+                .colbert
+                .as_ref()
+                .ok_or_else(|| missing_head("ColBERT"))?;
+            // Every token but each sequence's first ([CLS] / <s>), in order.
+            let tokens: Vec<u32> = (0..batch.sequences())
+                .flat_map(|s| batch.range(s).skip(1).map(|t| t as u32))
+                .collect();
+            let selected = b.gather_rows(&hidden, &tokens)?; // [T - B, h]
+            let projected = b.matmul(&selected, head, Activation::None)?; // [T - B, dim]
+            let mut vectors = rows(b.to_host(&b.l2_normalize(&projected)?)?, h).into_iter();
+            out.colbert = (0..batch.sequences())
+                .map(|s| vectors.by_ref().take(batch.range(s).len() - 1).collect())
+                .collect();
+        }
+        if request.logits {
+            let c = self
+                .heads
+                .classifier
+                .as_ref()
+                .ok_or_else(|| missing_head("classifier"))?;
+            let first = b.gather_rows(&hidden, &batch.first_rows())?; // [B, h]
+            let pooled = b.matmul(&first, &c.dense, Activation::Tanh)?; // [B, h]
+            let logits = b.matmul(&pooled, &c.out_proj, Activation::None)?; // [B, labels]
+            out.logits = rows(b.to_host(&logits)?, c.labels);
+        }
+        Ok(out)
     }
 }

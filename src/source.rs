@@ -18,6 +18,9 @@ pub struct ModelFiles {
     pub weights: Vec<PathBuf>,
     /// sentence-transformers `1_Pooling/config.json`.
     pub pooling: Option<PathBuf>,
+    /// `special_tokens_map.json` and `tokenizer_config.json`, those present, in that order
+    /// (the special tokens' roles, e.g. which id is `eos`).
+    pub special_tokens: Vec<PathBuf>,
     /// BGE-M3 heads.
     pub colbert_linear: Option<PathBuf>,
     pub sparse_linear: Option<PathBuf>,
@@ -29,6 +32,7 @@ const SAFETENSORS: &str = "model.safetensors";
 const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 const PYTORCH_BIN: &str = "pytorch_model.bin";
 const POOLING: &str = "1_Pooling/config.json";
+const SPECIAL_TOKENS: [&str; 2] = ["special_tokens_map.json", "tokenizer_config.json"];
 const COLBERT_LINEAR: &str = "colbert_linear.pt";
 const SPARSE_LINEAR: &str = "sparse_linear.pt";
 
@@ -81,6 +85,7 @@ impl ModelFiles {
             tokenizer,
             weights,
             pooling: optional(POOLING),
+            special_tokens: SPECIAL_TOKENS.iter().filter_map(|f| optional(f)).collect(),
             colbert_linear: optional(COLBERT_LINEAR),
             sparse_linear: optional(SPARSE_LINEAR),
         })
@@ -240,6 +245,10 @@ impl Hub {
             tokenizer,
             weights,
             pooling: self.optional(POOLING),
+            special_tokens: SPECIAL_TOKENS
+                .iter()
+                .filter_map(|f| self.optional(f))
+                .collect(),
             colbert_linear: self.optional(COLBERT_LINEAR),
             sparse_linear: self.optional(SPARSE_LINEAR),
         })

@@ -36,6 +36,9 @@ impl Encoded {
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Ids of the `cls`, `eos`, `pad` and `unk` tokens the model declares (BGE-M3's sparse
+    /// head ignores them).
+    sparse_skip: Vec<u32>,
 }
 
 impl Tokenizer {
@@ -52,7 +55,42 @@ impl Tokenizer {
             .with_truncation(None)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         inner.with_padding(None);
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer {
+            inner,
+            sparse_skip: Vec::new(),
+        })
+    }
+
+    /// A tokenizer that also knows the model's special tokens, from `special_tokens_map.json`
+    /// or else `tokenizer_config.json` (where transformers finds `special_tokens_map`).
+    pub fn with_special_tokens(mut self, files: &[&Path]) -> Result<Self> {
+        let mut roles: Vec<(&str, String)> = Vec::new();
+        for file in files.iter().filter(|f| f.is_file()) {
+            let map: serde_json::Map<String, serde_json::Value> = crate::config::read_json(file)?;
+            for role in ["cls_token", "eos_token", "pad_token", "unk_token"] {
+                // A token is a string or {"content": ...}.
+                let token = match map.get(role) {
+                    Some(serde_json::Value::String(t)) => Some(t.clone()),
+                    Some(serde_json::Value::Object(o)) => {
+                        o.get("content").and_then(|c| c.as_str()).map(str::to_owned)
+                    }
+                    _ => None,
+                };
+                if let Some(t) = token.filter(|_| roles.iter().all(|(r, _)| *r != role)) {
+                    roles.push((role, t));
+                }
+            }
+        }
+        self.sparse_skip = roles
+            .iter()
+            .filter_map(|(_, t)| self.inner.token_to_id(t))
+            .collect();
+        Ok(self)
+    }
+
+    /// The ids of the special tokens the sparse head skips (`cls`, `eos`, `pad`, `unk`).
+    pub fn sparse_skip_ids(&self) -> &[u32] {
+        &self.sparse_skip
     }
 
     /// Special tokens the post-processor adds to one sequence (2 for BERT and XLM-R).
@@ -97,6 +135,55 @@ impl Tokenizer {
             type_ids: full.get_type_ids().to_vec(),
             untruncated_len,
         })
+    }
+
+    /// A cross-encoder input built at the id level as FlagReranker does with
+    /// `prepare_for_model` (FlagEmbedding 1.4.2 on transformers 4, `reranker/encoder_only/base.py`):
+    /// the query without special tokens cut to `query_max_length`, the passage cut to
+    /// `max_length`, then `truncation='only_second'`: the passage loses as many tokens from its
+    /// end as the pair (special tokens included) exceeds `max_length`, unless that would leave
+    /// it empty, in which case nothing is cut (transformers logs an error and keeps the pair).
+    pub fn encode_pair(
+        &self,
+        query: &str,
+        passage: &str,
+        query_max_length: usize,
+        max_length: usize,
+    ) -> Result<Encoded> {
+        let raw = |t: &str| {
+            self.inner
+                .encode_fast(t, false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        };
+        let (mut q, mut p) = (raw(query)?, raw(passage)?);
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |pp| tokenizers::PostProcessor::added_tokens(pp, true));
+        let untruncated_len = q.len() + p.len() + added;
+        q.truncate(query_max_length, 0, TruncationDirection::Right);
+        p.truncate(max_length, 0, TruncationDirection::Right);
+        let excess = (q.len() + p.len() + added).saturating_sub(max_length);
+        if excess > 0 && p.len() > excess {
+            let keep = p.len() - excess;
+            p.truncate(keep, 0, TruncationDirection::Right);
+        }
+        let full = self
+            .inner
+            .post_process(q, Some(p), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded {
+            ids: full.get_ids().to_vec(),
+            type_ids: full.get_type_ids().to_vec(),
+            untruncated_len,
+        })
+    }
+
+    /// The text of `ids`, special tokens included (transformers' `tokenizer.decode(ids)`).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {

@@ -598,3 +598,304 @@ fn bench_prints_one_json_line_with_the_peer_fields() {
     assert_eq!(v["batch"], 3);
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
 }
+
+fn tiny_m3() -> String {
+    model_dir("tiny-m3").to_str().unwrap().to_owned()
+}
+
+/// Each output line as a JSON object.
+fn objects(out: &Output) -> Vec<serde_json::Map<String, Value>> {
+    assert!(
+        out.status.success(),
+        "bge failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+#[test]
+fn embed_gives_exactly_the_m3_outputs_asked_for() {
+    let input = jsonl(&texts("sentences"));
+    let file = reference("tiny_m3/encode_max32.safetensors");
+    let lexical = common::read_json(&reference("tiny_m3/encode_max32_lexical_weights.json"));
+    for device in ["cpu", "gpu"] {
+        let base = [
+            "embed",
+            "--model",
+            &tiny_m3(),
+            "--max-length",
+            "32",
+            "--device",
+            device,
+        ];
+        let all = objects(&bge(
+            &[&base[..], &["--dense", "--sparse", "--colbert"]].concat(),
+            &input,
+            &[],
+        ));
+        let offsets = load(&file, "colbert_offsets").data;
+        let colbert = load(&file, "colbert_vecs");
+        for (i, line) in all.iter().enumerate() {
+            let keys: Vec<&str> = line.keys().map(String::as_str).collect();
+            assert_eq!(keys, ["colbert", "dense", "sparse"], "line {i}");
+            let rows = line["colbert"].as_array().unwrap();
+            assert_eq!(
+                rows.len(),
+                (offsets[i + 1] - offsets[i]) as usize,
+                "{device} line {i}: tokens - 1 rows"
+            );
+            let first: Vec<f64> = serde_json::from_value(rows[0].clone()).unwrap();
+            common::assert_close(
+                "colbert row",
+                &first,
+                colbert.row(offsets[i] as usize),
+                tol::NORMALIZED,
+            );
+            let want = lexical["lexical_weights"][i].as_object().unwrap();
+            let got = line["sparse"].as_object().unwrap();
+            for (id, w) in got {
+                let expected = want.get(id).and_then(Value::as_f64).unwrap_or(0.0);
+                assert!(
+                    (w.as_f64().unwrap() - expected).abs() <= tol::LEXICAL.atol,
+                    "{device} line {i} id {id}"
+                );
+            }
+        }
+        let dense: Vec<Vec<f32>> = all
+            .iter()
+            .map(|l| serde_json::from_value(l["dense"].clone()).unwrap())
+            .collect();
+        assert_rows(
+            &format!("{device} m3 dense"),
+            &dense,
+            &load(&file, "dense_vecs"),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+
+        let sparse_only = objects(&bge(&[&base[..], &["--sparse"]].concat(), &input, &[]));
+        assert!(
+            sparse_only.iter().all(|l| l.keys().eq(["sparse"].iter())),
+            "--sparse alone"
+        );
+        let default = objects(&bge(&base, &input, &[]));
+        assert!(
+            default.iter().all(|l| l.keys().eq(["dense"].iter())),
+            "dense by default"
+        );
+    }
+}
+
+#[test]
+fn task_applies_the_llm_embedder_instructions() {
+    let file = reference("llm_embedder/embeddings.safetensors");
+    let model = tiny_bge();
+    for (flags, texts_key, tensor) in [
+        (
+            &["--task", "tool", "--query"][..],
+            "queries",
+            "tool.queries",
+        ),
+        (&["--task", "chat"][..], "passages", "chat.keys"),
+    ] {
+        let args = [&["embed", "--model", &model][..], flags].concat();
+        let out = bge(&args, jsonl(&texts(texts_key)), &[]);
+        assert_rows(
+            tensor,
+            &dense(&out),
+            &load(&file, tensor),
+            tol::NORMALIZED,
+            MIN_COSINE,
+        );
+    }
+}
+
+#[test]
+fn score_prints_the_five_scores_per_pair() {
+    let fixture = common::read_json(&reference("tiny_m3/compute_score.json"));
+    let pairs = fixture["pairs"].as_array().unwrap();
+    let input: String = pairs
+        .iter()
+        .map(|p| serde_json::json!({"query": p[0], "passage": p[1]}).to_string() + "\n")
+        .collect();
+    let want = &fixture["weighted"]["scores"];
+    let out = bge(
+        &["score", "--model", &tiny_m3(), "--weights", "0.4,0.2,0.4"],
+        input,
+        &[],
+    );
+    let lines = objects(&out);
+    assert_eq!(lines.len(), pairs.len());
+    for (i, line) in lines.iter().enumerate() {
+        let keys: Vec<&str> = line.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "colbert",
+                "colbert+sparse+dense",
+                "dense",
+                "sparse",
+                "sparse+dense"
+            ]
+        );
+        for k in ["dense", "sparse", "sparse+dense"] {
+            let (g, w) = (line[k].as_f64().unwrap(), want[k][i].as_f64().unwrap());
+            assert!(
+                (g - w).abs() <= tol::NORMALIZED.atol,
+                "pair {i} {k}: {g} vs {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rerank_prints_one_score_per_pair() {
+    let fixture = common::read_json(&reference("tiny_reranker/scores.json"));
+    let input: String = fixture["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::json!({"query": p[0], "passage": p[1]}).to_string() + "\n")
+        .collect();
+    let model = model_dir("tiny-reranker").to_str().unwrap().to_owned();
+    for run in fixture["runs"].as_array().unwrap() {
+        let max = run["max_length"].to_string();
+        for (flag, key, tol) in [
+            (None, "prepare_for_model_scores", tol::LOGITS),
+            (
+                Some("--normalize"),
+                "prepare_for_model_scores_normalized",
+                tol::SIGMOID,
+            ),
+        ] {
+            let mut args = vec!["rerank", "--model", &model, "--max-length", &max];
+            args.extend(flag);
+            let lines = objects(&bge(&args, &input, &[]));
+            let got: Vec<f64> = lines
+                .iter()
+                .map(|l| {
+                    assert!(l.keys().eq(["score"].iter()));
+                    l["score"].as_f64().unwrap()
+                })
+                .collect();
+            let want: Vec<f64> = serde_json::from_value(run[key].clone()).unwrap();
+            common::assert_close(&format!("rerank {max} {key}"), &got, &want, tol);
+        }
+    }
+}
+
+#[test]
+fn m3_and_reranker_errors_are_one_line() {
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--sparse"],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("has no sparse head (sparse_linear.pt)"));
+    let out = bge(
+        &["embed", "--model", &tiny_bge(), "--colbert"],
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("has no ColBERT head (colbert_linear.pt)"));
+    let out = bge(
+        &["score", "--model", &tiny_bge()],
+        "{\"query\": \"q\", \"passage\": \"p\"}\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("is not a BGE-M3 model"));
+    let out = bge(
+        &["rerank", "--model", &tiny_bge()],
+        "{\"query\": \"q\", \"passage\": \"p\"}\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("is not a reranker"));
+    let out = bge(
+        &["score", "--model", &tiny_m3()],
+        "{\"query\": \"q\"}\n",
+        &[],
+    );
+    assert!(
+        error_line(&out, 1).contains("input line 1: the object has no string field \"passage\"")
+    );
+    let out = bge(&["rerank", "--model", &tiny_m3()], "\"just text\"\n", &[]);
+    assert!(
+        error_line(&out, 1)
+            .contains("input line 1: expected an object with \"query\" and \"passage\"")
+    );
+    let out = bge(
+        &["score", "--model", &tiny_m3(), "--weights", "1,2"],
+        "",
+        &[],
+    );
+    assert!(error_line(&out, 2).contains("expected three non-negative numbers"));
+    let out = bge(
+        &[
+            "embed",
+            "--model",
+            &tiny_bge(),
+            "--task",
+            "qa",
+            "--instruction",
+            "x",
+        ],
+        "",
+        &[],
+    );
+    assert!(error_line(&out, 2).contains("cannot be used with"));
+}
+
+/// tiny-m3 without model.safetensors, its pytorch_model.bin replaced by `bin`.
+fn m3_with_bin(bin: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model_dir("tiny-m3")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() && entry.file_name() != "model.safetensors" {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::write(dir.path().join("pytorch_model.bin"), bin).unwrap();
+    dir
+}
+
+#[test]
+fn broken_and_hostile_checkpoints_are_refused() {
+    use common::torch_file::{MARK, Pickle, REDUCE, STOP, TUPLE, checkpoint};
+    let bin = std::fs::read(model_dir("tiny-m3").join("pytorch_model.bin")).unwrap();
+    // os.system("echo pwned") as a pickle would run it on load.
+    let pickle = Pickle::new()
+        .global("os", "system")
+        .op(MARK)
+        .str("echo pwned")
+        .op(TUPLE)
+        .op(REDUCE)
+        .op(STOP);
+    let hostile = checkpoint(&pickle.0, &[], false);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (bin[..bin.len() / 2].to_vec(), "corrupt weight file"),
+        (
+            hostile,
+            "refusing to load: the pickle references the global os.system",
+        ),
+    ];
+    for (bytes, want) in cases {
+        let dir = m3_with_bin(&bytes);
+        let out = bge(
+            &["embed", "--model", dir.path().to_str().unwrap()],
+            "\"x\"\n",
+            &[],
+        );
+        let line = error_line(&out, 1);
+        assert!(line.contains(want), "want {want:?} in: {line}");
+    }
+}

@@ -18,13 +18,25 @@ use common::{Tensor, Tolerance, assert_close, load, model_dir, reference, to_f64
 /// probe with the dump. Returns how many values were compared, so a caller can tell the
 /// comparison really happened.
 fn check_layers<B: Backend>(b: &B, dir: &Path, dump: &Path, n: usize, tol: Tolerance) -> usize {
+    check_dump(b, dir, dump, "s", n, tol)
+}
+
+/// [`check_layers`] for dumps whose items are named `{item}{i}.*` (`p` for reranker pairs).
+fn check_dump<B: Backend>(
+    b: &B,
+    dir: &Path,
+    dump: &Path,
+    item: &str,
+    n: usize,
+    tol: Tolerance,
+) -> usize {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
     let encoder = Encoder::load(b, &config, &Checkpoint::new(&weights).unwrap()).unwrap();
 
     let seqs: Vec<Encoded> = (0..n)
         .map(|i| {
-            let ids: Vec<u32> = load(dump, &format!("s{i}.input_ids"))
+            let ids: Vec<u32> = load(dump, &format!("{item}{i}.input_ids"))
                 .data
                 .iter()
                 .map(|&v| v as u32)
@@ -38,7 +50,7 @@ fn check_layers<B: Backend>(b: &B, dir: &Path, dump: &Path, n: usize, tol: Toler
         .collect();
     let packed = model::pack(&config, &seqs.iter().collect::<Vec<_>>()).unwrap();
     for i in 0..n {
-        let want: Vec<u32> = load(dump, &format!("s{i}.position_ids"))
+        let want: Vec<u32> = load(dump, &format!("{item}{i}.position_ids"))
             .data
             .iter()
             .map(|&v| v as u32)
@@ -70,14 +82,14 @@ fn check_layers<B: Backend>(b: &B, dir: &Path, dump: &Path, n: usize, tol: Toler
         };
         let cols = values.len() / packed.tokens();
         for i in 0..n {
-            let full = load(dump, &format!("s{i}.{name}"));
+            let full = load(dump, &format!("{item}{i}.{name}"));
             let want: Tensor = match layer {
                 Some(l) => full.index(l),
                 None => full,
             };
             let rows = packed.range(i);
             let got = to_f64(&values[rows.start * cols..rows.end * cols]);
-            assert_close(&format!("s{i} {probe:?}"), &got, &want.data, tol);
+            assert_close(&format!("{item}{i} {probe:?}"), &got, &want.data, tol);
             compared += got.len();
         }
     }
@@ -122,4 +134,24 @@ fn minilm_layers_match_float64_on_gpu() {
     let dump = reference("minilm/f64_transformers.safetensors");
     let n = check_layers(&gpu(), &common::minilm_dir(), &dump, 1, tol::HIDDEN_MINILM);
     assert!(n > 10_000, "compared {n} values");
+}
+
+/// XLM-RoBERTa (tiny-m3, positions from padding_idx + 1) and the reranker's encoder.
+fn check_xlm_roberta<B: Backend>(b: &B) {
+    let dump = reference("tiny_m3/f64_transformers.safetensors");
+    let n = check_dump(b, &model_dir("tiny-m3"), &dump, "s", 3, tol::HIDDEN);
+    assert!(n > 10_000, "compared {n} values");
+    let dump = reference("tiny_reranker/f64_transformers.safetensors");
+    let n = check_dump(b, &model_dir("tiny-reranker"), &dump, "p", 2, tol::HIDDEN);
+    assert!(n > 10_000, "compared {n} values");
+}
+
+#[test]
+fn xlm_roberta_layers_match_float64_on_reference() {
+    check_xlm_roberta(&Reference);
+}
+
+#[test]
+fn xlm_roberta_layers_match_float64_on_gpu() {
+    check_xlm_roberta(&gpu());
 }

@@ -87,3 +87,44 @@ fn a_max_length_below_the_special_tokens_is_refused() {
     let err = t.encode("hello", 1).unwrap_err().to_string();
     assert!(err.contains("max length 1 leaves no room"), "{err}");
 }
+
+#[test]
+fn tiny_m3_unigram_ids_match_flagembedding() {
+    let t = Tokenizer::from_file(&model_dir("tiny-m3").join("tokenizer.json")).unwrap();
+    for fixture in [
+        "tiny_m3/tokens_sentences_max1024.json",
+        "tiny_m3/tokens_sentences_max32.json",
+        "tiny_m3/tokens_queries.json",
+        "tiny_m3/tokens_passages.json",
+    ] {
+        check(&t, fixture);
+    }
+}
+
+#[test]
+fn special_tokens_come_from_the_model_files() {
+    let dir = model_dir("tiny-m3");
+    let files = [
+        dir.join("special_tokens_map.json"),
+        dir.join("tokenizer_config.json"),
+    ];
+    let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let t = Tokenizer::from_file(&dir.join("tokenizer.json"))
+        .unwrap()
+        .with_special_tokens(&refs)
+        .unwrap();
+    // cls <s>=0, eos </s>=2, pad <pad>=1, unk <unk>=3; <mask> is not skipped.
+    let mut ids = t.sparse_skip_ids().to_vec();
+    ids.sort();
+    assert_eq!(ids, [0, 1, 2, 3]);
+    let dir = model_dir("tiny-bge");
+    let map = dir.join("special_tokens_map.json");
+    let t = Tokenizer::from_file(&dir.join("tokenizer.json"))
+        .unwrap()
+        .with_special_tokens(&[&map])
+        .unwrap();
+    // BERT declares no eos: [CLS]=101, [PAD]=0, [UNK]=100.
+    let mut ids = t.sparse_skip_ids().to_vec();
+    ids.sort();
+    assert_eq!(ids, [0, 100, 101]);
+}

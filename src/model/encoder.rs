@@ -22,7 +22,8 @@ impl<B: Backend> Norm<B> {
     }
 }
 
-/// Loads `{name}.weight` `[out, in]` and `{name}.bias` `[out]` into a backend linear layer.
+/// Loads `{name}.weight` `[out, in]` and `{name}.bias` `[out]` (plain `weight` and `bias`
+/// when `name` is empty, as in a saved `nn.Linear`) into a backend linear layer.
 pub(crate) fn load_linear<B: Backend>(
     b: &B,
     p: &dyn Params,
@@ -30,8 +31,12 @@ pub(crate) fn load_linear<B: Backend>(
     out: usize,
     inp: usize,
 ) -> Result<B::Linear> {
-    let w = p.get(&format!("{name}.weight"), &[out, inp])?;
-    let bias = p.get(&format!("{name}.bias"), &[out])?;
+    let key = |part: &str| match name {
+        "" => part.to_owned(),
+        _ => format!("{name}.{part}"),
+    };
+    let w = p.get(&key("weight"), &[out, inp])?;
+    let bias = p.get(&key("bias"), &[out])?;
     b.linear(&w, &bias, out, inp)
 }
 

@@ -17,6 +17,13 @@ pub trait Params {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
 }
 
+/// A whole file as parameters, names as stored (e.g. `colbert_linear.pt`: `weight`, `bias`).
+impl Params for Weights {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.f32(name, shape)
+    }
+}
+
 /// Parameters read from a checkpoint. Encoder weights may sit under a prefix: none in the BGE
 /// embedders, `bert.` in BERT task models, `roberta.` in the XLM-R rerankers.
 pub struct Checkpoint<'a> {

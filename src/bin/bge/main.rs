@@ -1,18 +1,20 @@
 //! The `bge` command line: a thin layer over the library. Every failure prints one line,
 //! `bge: error: ...`, on stderr and exits non-zero (2 for usage errors, 1 for the rest).
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+mod jsonl;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use bge::bench::{self, BenchSpec};
 use bge::config::Shape;
-use bge::{Device, Dtype, Error, FlagModel, Options, Result};
+use bge::heads::sparse::LexicalWeights;
+use bge::llm_embedder::{self, Task};
+use bge::m3::M3Model;
+use bge::{Device, Dtype, Error, FlagModel, Options, Reranker, Result, Want};
 
 #[derive(Parser)]
 #[command(
@@ -29,14 +31,19 @@ struct Cli {
 enum Command {
     /// Embed JSONL texts (a JSON string or {"text": ...} per line) into JSONL vectors.
     Embed(EmbedArgs),
+    /// BGE-M3 scores of JSONL {"query": ..., "passage": ...} pairs (dense, sparse, ColBERT).
+    Score(ScoreArgs),
+    /// Reranker scores of JSONL {"query": ..., "passage": ...} pairs.
+    Rerank(RerankArgs),
     /// Time the encoder on random or real weights (same JSON fields as peer_bench.py).
     Bench(BenchArgs),
     /// List the GPU adapters wgpu finds, with the features and limits the kernels use.
     Devices,
 }
 
+/// Options every model-running command shares.
 #[derive(clap::Args)]
-struct EmbedArgs {
+struct Common {
     /// A model directory or a Hugging Face id such as BAAI/bge-small-en-v1.5.
     #[arg(long)]
     model: String,
@@ -45,26 +52,67 @@ struct EmbedArgs {
     device: Device,
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
-    /// Truncation length in tokens, special tokens included (default 512, as FlagModel).
+    /// Truncation length in tokens, special tokens included.
     #[arg(long)]
     max_length: Option<usize>,
-    #[arg(long, default_value_t = bge::embedder::DEFAULT_BATCH_SIZE)]
-    batch_size: usize,
-    /// Encode as queries: the model's default query instruction (as encode_queries).
-    #[arg(long, conflicts_with = "instruction")]
-    query: bool,
-    /// Encode as queries with this instruction prepended.
-    #[arg(long)]
-    instruction: Option<String>,
     /// Input JSONL (default: stdin).
     #[arg(long)]
     input: Option<PathBuf>,
     /// Output JSONL (default: stdout); written only when every line succeeded.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// No progress bar and no warnings.
+    /// No progress bar and no notes.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, default_value_t = bge::embedder::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Encode as queries: the model's default query instruction and query max length.
+    #[arg(long, conflicts_with = "instruction")]
+    query: bool,
+    /// Encode as queries with this instruction prepended.
+    #[arg(long, conflicts_with = "task")]
+    instruction: Option<String>,
+    /// LLM-Embedder task: its query instruction with --query, its key instruction otherwise.
+    #[arg(long, value_enum)]
+    task: Option<Task>,
+    /// Output the dense vector (the default when no output is named).
+    #[arg(long)]
+    dense: bool,
+    /// Output BGE-M3 lexical weights: {"<token id>": weight}.
+    #[arg(long)]
+    sparse: bool,
+    /// Output BGE-M3 ColBERT vectors (one per token but the first).
+    #[arg(long)]
+    colbert: bool,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Weights of dense, sparse and ColBERT in the combined scores (FlagEmbedding 1.4.2's
+    /// default; BGE-M3's model card suggests 0.4,0.2,0.4).
+    #[arg(long, default_value = "1,1,1", value_parser = parse_weights)]
+    weights: [f32; 3],
+    #[arg(long, default_value_t = bge::embedder::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+}
+
+#[derive(clap::Args)]
+struct RerankArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The sigmoid of the logit instead of the logit.
+    #[arg(long)]
+    normalize: bool,
+    #[arg(long, default_value_t = bge::reranker::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
 }
 
 #[derive(clap::Args)]
@@ -98,6 +146,17 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
+fn parse_weights(s: &str) -> std::result::Result<[f32; 3], String> {
+    let parts: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>().map_err(|e| format!("`{p}`: {e}")))
+        .collect::<std::result::Result<_, _>>()?;
+    match parts[..] {
+        [d, s, c] if parts.iter().all(|w| w.is_finite() && *w >= 0.0) => Ok([d, s, c]),
+        _ => Err("expected three non-negative numbers: dense,sparse,colbert".into()),
+    }
+}
+
 fn main() -> ExitCode {
     quiet_mesa_device_select();
     let cli = match Cli::try_parse() {
@@ -122,6 +181,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Embed(args) => embed(args),
+        Command::Score(args) => score(args),
+        Command::Rerank(args) => rerank(args),
         Command::Bench(args) => run_bench(args),
         Command::Devices => {
             print!("{}", bge::backend::gpu::context::adapter_report());
@@ -152,61 +213,82 @@ fn quiet_mesa_device_select() {
 /// How many texts are embedded and written at a time: bounds memory on huge inputs.
 const CHUNK: usize = 8192;
 
+/// One output line of `bge embed`: exactly the outputs asked for.
 #[derive(Serialize)]
 struct EmbedLine<'a> {
-    dense: &'a [f32],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dense: Option<&'a [f32]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sparse: Option<&'a LexicalWeights>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    colbert: Option<&'a [Vec<f32>]>,
 }
 
 fn embed(args: EmbedArgs) -> Result<()> {
-    let texts = match &args.input {
-        Some(path) => {
-            let file = File::open(path).map_err(|e| Error::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-            read_texts(BufReader::new(file))?
+    let c = &args.common;
+    let texts = jsonl::read(c.input.as_deref(), jsonl::text)?;
+    let model = FlagModel::load(
+        &c.model,
+        &Options {
+            device: c.device,
+            dtype: c.dtype,
+            batch_size: args.batch_size,
+            max_length: c.max_length,
+            query_max_length: c.max_length,
+            query_instruction: args.instruction.clone(),
+            ..Options::default()
+        },
+    )?;
+    // LLM-Embedder's queries default to its `qa` task, as its `encode_queries` does.
+    let task = args
+        .task
+        .or((args.query && model.name.eq_ignore_ascii_case("llm-embedder")).then_some(Task::Qa));
+    let (instruction, max_length) = match task {
+        Some(task) => {
+            let (query, key) = task.instructions();
+            if args.query {
+                (
+                    Some(query),
+                    c.max_length.unwrap_or(llm_embedder::QUERY_MAX_LENGTH),
+                )
+            } else {
+                (
+                    Some(key),
+                    c.max_length.unwrap_or(llm_embedder::KEY_MAX_LENGTH),
+                )
+            }
         }
-        None => read_texts(io::stdin().lock())?,
+        None if args.query || args.instruction.is_some() => {
+            (model.query_instruction.as_deref(), model.query_max_length)
+        }
+        None => (None, model.max_length),
     };
-    let options = Options {
-        device: args.device,
-        dtype: args.dtype,
-        batch_size: args.batch_size,
-        max_length: args.max_length,
-        query_max_length: args.max_length,
-        query_instruction: args.instruction.clone(),
-        ..Options::default()
-    };
-    let model = FlagModel::load(&args.model, &options)?;
-    let (instruction, max_length) = if args.query || args.instruction.is_some() {
-        (model.query_instruction.as_deref(), model.query_max_length)
-    } else {
-        (None, model.max_length)
+    let want = Want {
+        dense: args.dense || !(args.sparse || args.colbert),
+        sparse: args.sparse,
+        colbert: args.colbert,
     };
 
-    let progress = if args.quiet || !io::stderr().is_terminal() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(texts.len() as u64).with_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} texts  {per_sec}  eta {eta}")
-                .expect("valid progress template"),
-        )
-    };
-    let mut out = Output::open(args.output.as_deref())?;
+    let progress = jsonl::progress(texts.len(), "texts", c.quiet);
+    let mut out = jsonl::Output::open(c.output.as_deref())?;
     let mut truncated = 0;
     for chunk in texts.chunks(CHUNK) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let dense = model.encode_with(&refs, instruction, max_length, &mut |n| {
+        let e = model.embed(&refs, instruction, max_length, want, &mut |n| {
             progress.inc(n as u64)
         })?;
-        truncated += dense.truncated;
-        for v in &dense.vectors {
-            out.line(&EmbedLine { dense: v })?;
+        truncated += e.truncated;
+        for i in 0..chunk.len() {
+            out.line(&EmbedLine {
+                dense: e.dense.get(i).map(Vec::as_slice),
+                sparse: e.sparse.get(i),
+                colbert: e.colbert.get(i).map(Vec::as_slice),
+            })?;
         }
     }
     progress.finish_and_clear();
     out.commit()?;
-    if truncated > 0 && !args.quiet {
+    if truncated > 0 && !c.quiet {
         eprintln!(
             "bge: note: {truncated} of {} texts were longer than {max_length} tokens and were truncated, as FlagEmbedding does",
             texts.len()
@@ -215,95 +297,64 @@ fn embed(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads JSONL: each line a JSON string or an object with a string `"text"` field.
-fn read_texts(reader: impl BufRead) -> Result<Vec<String>> {
-    let mut texts = Vec::new();
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let number = i + 1;
-        let bad = |message: String| Error::InputLine {
-            line: number,
-            message,
-        };
-        let mut bytes = line.map_err(|e| bad(e.to_string()))?;
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
+fn score(args: ScoreArgs) -> Result<()> {
+    let c = &args.common;
+    let pairs = jsonl::read(c.input.as_deref(), jsonl::pair)?;
+    let model = M3Model::load(
+        &c.model,
+        &Options {
+            device: c.device,
+            dtype: c.dtype,
+            batch_size: args.batch_size,
+            max_length: c.max_length,
+            query_max_length: c.max_length,
+            ..Options::default()
+        },
+    )?;
+    let progress = jsonl::progress(pairs.len(), "pairs", c.quiet);
+    let mut out = jsonl::Output::open(c.output.as_deref())?;
+    for chunk in pairs.chunks(CHUNK) {
+        let refs: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|(q, p)| (q.as_str(), p.as_str()))
+            .collect();
+        for s in model.compute_score(&refs, args.weights)? {
+            out.line(&s)?;
         }
-        let line = String::from_utf8(bytes).map_err(|_| bad("not valid UTF-8".into()))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-        let text = match value {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Object(mut m) => match m.remove("text") {
-                Some(serde_json::Value::String(s)) => s,
-                _ => return Err(bad("the object has no string field \"text\"".into())),
-            },
-            _ => {
-                return Err(bad(
-                    "expected a JSON string or an object with a \"text\" field".into(),
-                ));
-            }
-        };
-        texts.push(text);
+        progress.inc(chunk.len() as u64);
     }
-    Ok(texts)
+    progress.finish_and_clear();
+    out.commit()
 }
 
-/// stdout, or a file written under a temporary name and renamed into place on success, so a
-/// failed run never leaves a partial output file behind.
-struct Output {
-    writer: BufWriter<Box<dyn Write>>,
-    file: Option<(PathBuf, PathBuf)>,
+#[derive(Serialize)]
+struct ScoreLine {
+    score: f32,
 }
 
-impl Output {
-    fn open(path: Option<&Path>) -> Result<Self> {
-        let Some(path) = path else {
-            return Ok(Output {
-                writer: BufWriter::new(Box::new(io::stdout().lock())),
-                file: None,
-            });
-        };
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".partial");
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|e| Error::Io {
-            path: tmp.clone(),
-            source: e,
-        })?;
-        Ok(Output {
-            writer: BufWriter::new(Box::new(file)),
-            file: Some((tmp, path.to_owned())),
-        })
+fn rerank(args: RerankArgs) -> Result<()> {
+    let c = &args.common;
+    let pairs = jsonl::read(c.input.as_deref(), jsonl::pair)?;
+    let mut model = Reranker::load(&c.model, c.device, c.dtype)?;
+    model.batch_size = args.batch_size;
+    if let Some(n) = c.max_length {
+        model.max_length = n;
     }
-
-    fn line(&mut self, value: &impl Serialize) -> Result<()> {
-        serde_json::to_writer(&mut self.writer, value).map_err(|e| self.error(e.into()))?;
-        self.writer.write_all(b"\n").map_err(|e| self.error(e))
-    }
-
-    fn commit(mut self) -> Result<()> {
-        self.writer.flush().map_err(|e| self.error(e))?;
-        if let Some((tmp, path)) = self.file.take() {
-            std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path, source: e })?;
-        }
-        Ok(())
-    }
-
-    fn error(&self, source: io::Error) -> Error {
-        let path = self
-            .file
-            .as_ref()
-            .map_or_else(|| PathBuf::from("<stdout>"), |(_, p)| p.clone());
-        Error::Io { path, source }
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        if let Some((tmp, _)) = &self.file {
-            let _ = std::fs::remove_file(tmp);
+    let progress = jsonl::progress(pairs.len(), "pairs", c.quiet);
+    let mut out = jsonl::Output::open(c.output.as_deref())?;
+    for chunk in pairs.chunks(CHUNK) {
+        let refs: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|(q, p)| (q.as_str(), p.as_str()))
+            .collect();
+        let scores =
+            model.compute_score_with(&refs, args.normalize, &mut |n| progress.inc(n as u64))?;
+        for score in scores {
+            out.line(&ScoreLine { score })?;
         }
     }
+    progress.finish_and_clear();
+    out.commit()
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {

@@ -1,0 +1,135 @@
+//! BGE-M3's API, as FlagEmbedding's `BGEM3FlagModel` (`inference/embedder/encoder_only/m3.py`):
+//! dense, sparse (lexical) and ColBERT outputs from one encoder pass, and their scores.
+
+use serde::Serialize;
+
+use crate::embedder::{Embeddings, FlagModel, Options, Want};
+use crate::error::{Error, Result};
+use crate::heads::{colbert, sparse::LexicalWeights};
+
+/// `compute_score`'s default `weights_for_different_modes` in FlagEmbedding 1.4.2:
+/// `[dense, sparse, colbert]` = `[1, 1, 1]` (the model card suggests `[0.4, 0.2, 0.4]`).
+pub const DEFAULT_WEIGHTS: [f32; 3] = [1.0, 1.0, 1.0];
+
+/// The five scores of a (query, passage) pair.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct PairScores {
+    pub dense: f32,
+    pub sparse: f32,
+    pub colbert: f32,
+    #[serde(rename = "sparse+dense")]
+    pub sparse_dense: f32,
+    #[serde(rename = "colbert+sparse+dense")]
+    pub colbert_sparse_dense: f32,
+}
+
+impl PairScores {
+    /// Combines the three scores with `weights` = `[dense, sparse, colbert]`, as FlagEmbedding.
+    pub fn new(dense: f32, sparse: f32, colbert: f32, weights: [f32; 3]) -> Self {
+        let [wd, ws, wc] = weights;
+        PairScores {
+            dense,
+            sparse,
+            colbert,
+            sparse_dense: (sparse * ws + dense * wd) / (ws + wd),
+            colbert_sparse_dense: (colbert * wc + sparse * ws + dense * wd) / (wd + ws + wc),
+        }
+    }
+}
+
+/// `compute_lexical_matching_score`: sum over ids in both texts of the product of weights.
+pub fn compute_lexical_matching_score(a: &LexicalWeights, b: &LexicalWeights) -> f32 {
+    a.matching_score(b)
+}
+
+/// `colbert_score`: mean over query vectors of the best dot product with a passage vector.
+pub fn colbert_score(query: &[Vec<f32>], passage: &[Vec<f32>]) -> f32 {
+    colbert::score(query, passage)
+}
+
+/// A BGE-M3 model: [`FlagModel`] plus the sparse and ColBERT heads and their scoring.
+pub struct M3Model {
+    pub model: FlagModel,
+}
+
+impl M3Model {
+    /// Loads a model that has both BGE-M3 heads (`sparse_linear.pt`, `colbert_linear.pt`).
+    pub fn load(model: &str, options: &Options) -> Result<Self> {
+        Self::new(FlagModel::load(model, options)?)
+    }
+
+    pub fn new(model: FlagModel) -> Result<Self> {
+        if model.has_m3_heads() != (true, true) {
+            return Err(Error::InvalidArgument(format!(
+                "model `{}` is not a BGE-M3 model: it needs sparse_linear.pt and colbert_linear.pt beside its weights",
+                model.name
+            )));
+        }
+        Ok(M3Model { model })
+    }
+
+    /// `encode(sentences, return_dense, return_sparse, return_colbert_vecs)` at `max_length`.
+    pub fn encode(&self, texts: &[&str], want: Want) -> Result<Embeddings> {
+        let m = &self.model;
+        m.embed(texts, None, m.max_length, want, &mut |_| {})
+    }
+
+    /// `encode_queries`: the query instruction (none by default for bge-m3), query max length.
+    pub fn encode_queries(&self, queries: &[&str], want: Want) -> Result<Embeddings> {
+        let m = &self.model;
+        let instruction = m.query_instruction.as_deref();
+        m.embed(queries, instruction, m.query_max_length, want, &mut |_| {})
+    }
+
+    /// `encode_corpus`: the passage instruction (if any), max length.
+    pub fn encode_corpus(&self, corpus: &[&str], want: Want) -> Result<Embeddings> {
+        let m = &self.model;
+        let instruction = m.passage_instruction.as_deref();
+        m.embed(corpus, instruction, m.max_length, want, &mut |_| {})
+    }
+
+    /// `compute_score(sentence_pairs, weights_for_different_modes)`: queries at the query max
+    /// length and passages at the max length, no instructions. The ColBERT score of each pair
+    /// is [`colbert_score`] over the unpadded vectors; FlagEmbedding's padded batch instead
+    /// lets a padding row (a zero vector) win the max when a query token's best real match is
+    /// negative, so its `colbert` differs from its own `colbert_score` there (README).
+    pub fn compute_score(
+        &self,
+        pairs: &[(&str, &str)],
+        weights: [f32; 3],
+    ) -> Result<Vec<PairScores>> {
+        if weights.iter().sum::<f32>() == 0.0 || weights[0] + weights[1] == 0.0 {
+            return Err(Error::InvalidArgument(format!(
+                "weights {weights:?}: dense + sparse and the sum of all three must not be 0"
+            )));
+        }
+        let all = Want {
+            dense: true,
+            sparse: true,
+            colbert: true,
+        };
+        let m = &self.model;
+        let queries: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+        let passages: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+        let q = m.embed(&queries, None, m.query_max_length, all, &mut |_| {})?;
+        let p = m.embed(&passages, None, m.max_length, all, &mut |_| {})?;
+        Ok((0..pairs.len())
+            .map(|i| {
+                let dense = q.dense[i].iter().zip(&p.dense[i]).map(|(a, b)| a * b).sum();
+                let sparse = q.sparse[i].matching_score(&p.sparse[i]);
+                let colbert = colbert_score(&q.colbert[i], &p.colbert[i]);
+                PairScores::new(dense, sparse, colbert, weights)
+            })
+            .collect())
+    }
+
+    /// `convert_id_to_token`: lexical weights keyed by token text (as `tokenizer.decode([id])`).
+    pub fn convert_id_to_token(&self, weights: &LexicalWeights) -> Vec<(String, f32)> {
+        let t = self.model.tokenizer();
+        weights
+            .0
+            .iter()
+            .map(|&(id, w)| (t.decode(&[id]).unwrap_or_default(), w))
+            .collect()
+    }
+}
