@@ -275,9 +275,9 @@ fn attention_refuses_head_sizes_it_cannot_hold() {
 
 fn embed<B: Backend>(b: &B, lens: &[usize], h: usize) -> Vec<f32> {
     let batch = packed(lens);
-    let word = b.tensor(&random(50 * h, 1.0, 1), 50, h).unwrap();
-    let pos = b.tensor(&random(300 * h, 1.0, 2), 300, h).unwrap();
-    let ty = b.tensor(&random(2 * h, 1.0, 3), 2, h).unwrap();
+    let word = b.table(&random(50 * h, 1.0, 1), 50, h).unwrap();
+    let pos = b.table(&random(300 * h, 1.0, 2), 300, h).unwrap();
+    let ty = b.table(&random(2 * h, 1.0, 3), 2, h).unwrap();
     b.to_host(
         &b.embed(&b.batch(&batch).unwrap(), &word, &pos, &ty)
             .unwrap(),
@@ -295,6 +295,56 @@ fn embedding_gather_and_sum() {
             |c| (embed(&c.backend, lens, h), embed(&Reference, lens, h)),
         );
     }
+}
+
+#[test]
+fn a_word_table_larger_than_a_binding_is_gathered_on_the_host() {
+    let g = gpu(MatmulKernel::Tiled, Dtype::F32);
+    let h = 64;
+    let limit = g.context().limits.max_storage_buffer_binding_size as usize;
+    let rows = limit / 4 / h + 1;
+    if rows * h > 200_000_000 {
+        // A 2 GiB binding (e.g. NVIDIA): every BGE table fits, and this case cannot arise.
+        let small = g.table(&random(64 * h, 1.0, 1), 64, h).unwrap();
+        assert!(matches!(small, bge::backend::gpu::GpuTable::Resident(_)));
+        eprintln!("binding limit {limit} B: no table of this test's size can exceed it");
+        return;
+    }
+    let words = random(rows * h, 1.0, 77);
+    let batch = PackedBatch {
+        ids: vec![0, rows as u32 - 1, 5],
+        type_ids: vec![0; 3],
+        position_ids: vec![0, 1, 2],
+        offsets: vec![0, 3],
+    };
+    let word = g.table(&words, rows, h).unwrap();
+    assert!(
+        matches!(word, bge::backend::gpu::GpuTable::Host { .. }),
+        "kept on the host"
+    );
+    let pos = g.table(&[0.5; 3 * 64], 3, h).unwrap();
+    let ty = g.table(&[0.25; 64], 1, h).unwrap();
+    let got = g
+        .to_host(
+            &g.embed(&g.batch(&batch).unwrap(), &word, &pos, &ty)
+                .unwrap(),
+        )
+        .unwrap();
+    let want: Vec<f32> = batch
+        .ids
+        .iter()
+        .flat_map(|&id| {
+            words[id as usize * h..(id as usize + 1) * h]
+                .iter()
+                .map(|w| w + 0.75)
+        })
+        .collect();
+    assert_close(
+        "host-gathered embeddings",
+        &to_f64(&got),
+        &to_f64(&want),
+        tol::KERNEL_F32,
+    );
 }
 
 fn pooling<B: Backend>(b: &B, lens: &[usize], cols: usize) -> Vec<f32> {

@@ -124,6 +124,8 @@ impl PackedBatch {
 pub trait Backend {
     /// A `[rows, cols]` matrix in the backend's memory.
     type Tensor;
+    /// An embedding table `[rows, cols]`: only ever gathered from, by [`Backend::embed`].
+    type Table;
     /// A linear layer's `[out, in]` weight and `[out]` bias, in the layout the backend prefers.
     type Linear;
     /// A [`PackedBatch`] in the backend's memory.
@@ -144,6 +146,9 @@ pub trait Backend {
     /// Copies `data` (`[rows, cols]`, row-major) into a new tensor.
     fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
 
+    /// Prepares an embedding table from `data` (`[rows, cols]`, row-major).
+    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Table>;
+
     /// Copies a tensor back to the host as f32, waiting for any queued work.
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 
@@ -157,9 +162,9 @@ pub trait Backend {
     fn embed(
         &self,
         batch: &Self::Batch,
-        word: &Self::Tensor,
-        position: &Self::Tensor,
-        token_type: &Self::Tensor,
+        word: &Self::Table,
+        position: &Self::Table,
+        token_type: &Self::Table,
     ) -> Result<Self::Tensor>;
 
     /// `[T, out]`: `act(x W^T + b)` for `x` `[T, in]`.

@@ -58,6 +58,7 @@ pub fn activate(act: Activation, x: f64) -> f64 {
 
 impl Backend for Reference {
     type Tensor = Matrix;
+    type Table = Matrix;
     type Linear = Linear;
     type Batch = PackedBatch;
 
@@ -80,6 +81,10 @@ impl Backend for Reference {
             rows,
             cols,
         })
+    }
+
+    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        self.tensor(data, rows, cols)
     }
 
     fn to_host(&self, x: &Matrix) -> Result<Vec<f32>> {

@@ -94,11 +94,11 @@ pub enum Probe {
 pub struct Encoder<B: Backend> {
     pub config: ModelConfig,
     /// `[vocab, h]`
-    word: B::Tensor,
+    word: B::Table,
     /// `[max_positions, h]`
-    position: B::Tensor,
+    position: B::Table,
     /// `[type_vocab, h]`
-    token_type: B::Tensor,
+    token_type: B::Table,
     norm: Norm<B>,
     layers: Vec<Layer<B>>,
 }
@@ -107,8 +107,8 @@ impl<B: Backend> Encoder<B> {
     pub fn load(b: &B, config: &ModelConfig, p: &dyn Params) -> Result<Self> {
         let c = config;
         let h = c.hidden_size;
-        let table = |name: &str, rows: usize| -> Result<B::Tensor> {
-            b.tensor(&p.get(name, &[rows, h])?, rows, h)
+        let table = |name: &str, rows: usize| -> Result<B::Table> {
+            b.table(&p.get(name, &[rows, h])?, rows, h)
         };
         Ok(Encoder {
             config: c.clone(),

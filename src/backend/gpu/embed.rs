@@ -4,8 +4,8 @@ use std::mem::size_of;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Gpu, GpuBatch, GpuTensor, Kernel};
-use crate::error::Result;
+use super::{Gpu, GpuBatch, GpuTable, GpuTensor, Kernel};
+use crate::error::{Error, Result};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -24,11 +24,31 @@ pub const KERNEL: Kernel = Kernel {
 pub(super) fn embed(
     gpu: &Gpu,
     batch: &GpuBatch,
-    word: &GpuTensor,       // [vocab, h]
-    position: &GpuTensor,   // [positions, h]
-    token_type: &GpuTensor, // [types, h]
+    word: &GpuTable,       // [vocab, h]
+    position: &GpuTable,   // [positions, h]
+    token_type: &GpuTable, // [types, h]
 ) -> Result<GpuTensor> {
-    let h = word.cols;
+    let (position, token_type) = (resident(position)?, resident(token_type)?);
+    // A word table kept on the host: gather this batch's rows there; the shader then reads
+    // row t for token t.
+    let gathered;
+    let (word, ids, h) = match word {
+        GpuTable::Resident(t) => (t.raw(), &batch.ids, t.cols),
+        GpuTable::Host { data, cols } => {
+            let rows: Vec<f32> = batch
+                .host_ids
+                .iter()
+                .flat_map(|&id| &data[id as usize * cols..(id as usize + 1) * cols])
+                .copied()
+                .collect();
+            let identity: Vec<u32> = (0..batch.tokens as u32).collect();
+            gathered = (
+                gpu.upload(bytemuck::cast_slice(&rows), "gathered word embeddings")?,
+                gpu.upload(bytemuck::cast_slice(&identity), "row ids")?,
+            );
+            (&gathered.0, &gathered.1, *cols)
+        }
+    };
     let out = gpu.output(batch.tokens, h, "embeddings")?; // [T, h]
     if batch.tokens > 0 {
         let params = Params {
@@ -36,16 +56,25 @@ pub(super) fn embed(
             hidden: h as u32,
         };
         let buffers = [
-            &batch.ids,
+            ids,
             &batch.positions,
             &batch.types,
-            word.raw(),
-            position.raw(),
-            token_type.raw(),
+            word,
+            position,
+            token_type,
             out.raw(),
         ];
         let groups = gpu.grid((batch.tokens * h).div_ceil(256));
         gpu.dispatch(&KERNEL, &[], &params, &buffers, groups)?;
     }
     Ok(out)
+}
+
+fn resident(t: &GpuTable) -> Result<&wgpu::Buffer> {
+    match t {
+        GpuTable::Resident(t) => Ok(t.raw()),
+        GpuTable::Host { .. } => Err(Error::Gpu(
+            "only the word table may exceed a storage binding".into(),
+        )),
+    }
 }

@@ -109,6 +109,15 @@ impl GpuTensor {
     }
 }
 
+/// An embedding table. One larger than a storage binding (bge-m3's 250002 x 1024 f32 words
+/// are 1 GB; lavapipe and many integrated GPUs bind at most 128 MiB) stays in host memory,
+/// and each batch's rows are gathered there and uploaded: `T * h` floats, negligible next to
+/// the encoder's work.
+pub enum GpuTable {
+    Resident(GpuTensor),
+    Host { data: Vec<f32>, cols: usize },
+}
+
 /// A linear layer: weight `[out, in]` (f32 or f16) and bias `[out]` (f32).
 pub struct GpuLinear {
     weight: wgpu::Buffer,
@@ -120,6 +129,8 @@ pub struct GpuLinear {
 
 /// A packed batch on the GPU, with the attention kernel's table of 64-query blocks.
 pub struct GpuBatch {
+    /// `[T]` token ids, on the host too for tables kept there.
+    host_ids: Vec<u32>,
     ids: wgpu::Buffer,
     positions: wgpu::Buffer,
     types: wgpu::Buffer,
@@ -256,6 +267,7 @@ impl Gpu {
 
 impl Backend for Gpu {
     type Tensor = GpuTensor;
+    type Table = GpuTable;
     type Linear = GpuLinear;
     type Batch = GpuBatch;
 
@@ -286,6 +298,17 @@ impl Backend for Gpu {
             rows,
             cols,
         })
+    }
+
+    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTable> {
+        let bytes = (data.len() * 4) as u64;
+        if bytes > self.ctx.limits.max_storage_buffer_binding_size {
+            return Ok(GpuTable::Host {
+                data: data.to_vec(),
+                cols,
+            });
+        }
+        Ok(GpuTable::Resident(self.tensor(data, rows, cols)?))
     }
 
     fn to_host(&self, x: &GpuTensor) -> Result<Vec<f32>> {
@@ -367,6 +390,7 @@ impl Backend for Gpu {
         }
         let u32s = |v: &[u32], what| self.upload(bytemuck::cast_slice(v), what);
         Ok(GpuBatch {
+            host_ids: batch.ids.clone(),
             ids: u32s(&batch.ids, "ids")?,
             positions: u32s(&batch.position_ids, "positions")?,
             types: u32s(&batch.type_ids, "types")?,
@@ -381,9 +405,9 @@ impl Backend for Gpu {
     fn embed(
         &self,
         batch: &GpuBatch,
-        word: &GpuTensor,
-        position: &GpuTensor,
-        token_type: &GpuTensor,
+        word: &GpuTable,
+        position: &GpuTable,
+        token_type: &GpuTable,
     ) -> Result<GpuTensor> {
         embed::embed(self, batch, word, position, token_type)
     }
