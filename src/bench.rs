@@ -32,6 +32,9 @@ pub struct BenchSpec {
     pub warmup: usize,
     pub iters: usize,
     pub seed: u64,
+    /// Overrides the number of layers (activation memory per layer is the same for all, so
+    /// one layer measures it cheaply on slow devices).
+    pub layers: Option<usize>,
 }
 
 /// Runs the benchmark and returns its one JSON line.
@@ -57,7 +60,8 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
             (label, config, p)
         }
         (None, Some(shape)) => {
-            let config = shape.config();
+            let mut config = shape.config();
+            config.num_layers = spec.layers.unwrap_or(config.num_layers);
             let p = pipeline::load(
                 spec.device,
                 spec.dtype,
@@ -121,6 +125,9 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         "gflops": flops / median / 1e9,
         "checksum": checksum,
         "weights": if spec.model.is_some() { "real" } else { "random" },
+        "layers": config.num_layers,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "device_activation_peak_bytes": pipeline.activation_peak_bytes(),
     }))
 }
 
@@ -170,4 +177,12 @@ fn device_name(device: Device) -> &'static str {
         Device::Gpu(_) => "gpu",
         _ => "cpu",
     }
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -90,6 +90,9 @@ pub trait Pipeline {
     /// The most tokens one forward pass may hold on this device.
     fn max_batch_tokens(&self) -> usize;
 
+    /// The backend's peak bytes of intermediate tensors, where it keeps count (GPU).
+    fn activation_peak_bytes(&self) -> Option<u64>;
+
     /// Runs the encoder once on `batch` and computes what `request` asks for.
     fn run(&self, batch: &PackedBatch, request: &Request) -> Result<Outputs>;
 }
@@ -147,6 +150,11 @@ impl<B: Backend> OnBackend<B> {
     }
 }
 
+/// `0..n` as row indices.
+fn identity(n: usize) -> Vec<u32> {
+    (0..n as u32).collect()
+}
+
 /// Splits `[n][cols]` host values into rows.
 fn rows(values: Vec<f32>, cols: usize) -> Vec<Vec<f32>> {
     values.chunks(cols.max(1)).map(<[f32]>::to_vec).collect()
@@ -185,16 +193,31 @@ impl<B: Backend> Pipeline for OnBackend<B> {
         self.backend.max_tensor_elements() / widest
     }
 
+    fn activation_peak_bytes(&self) -> Option<u64> {
+        self.backend.activation_peak_bytes()
+    }
+
     fn run(&self, batch: &PackedBatch, request: &Request) -> Result<Outputs> {
         let b = &self.backend;
         let h = self.encoder.config.hidden_size;
         let on_device = b.batch(batch)?;
-        let hidden = self.encoder.forward(b, &on_device)?; // [T, h]
         let mut out = Outputs::default();
+        // CLS pooling and the classifier read the first token only; nothing else needs the
+        // last layer's other rows.
+        let first_only = !request.token_weights
+            && !request.colbert
+            && request.dense.is_none_or(|(p, _)| p == Pooling::Cls);
+        let first = batch.first_rows();
+        let hidden = if first_only {
+            self.encoder.forward_rows(b, &on_device, &first)? // [B, h]
+        } else {
+            self.encoder.forward(b, &on_device)? // [T, h]
+        };
         if let Some((pooling, normalize)) = request.dense {
-            let pooled = match pooling {
-                Pooling::Cls => b.gather_rows(&hidden, &batch.first_rows())?,
-                Pooling::Mean => b.mean_pool(&hidden, &on_device)?,
+            let pooled = match (pooling, first_only) {
+                (Pooling::Cls, true) => b.gather_rows(&hidden, &identity(first.len()))?,
+                (Pooling::Cls, false) => b.gather_rows(&hidden, &first)?,
+                (Pooling::Mean, _) => b.mean_pool(&hidden, &on_device)?,
             }; // [B, h]
             let pooled = if normalize {
                 b.l2_normalize(&pooled)?
@@ -237,7 +260,12 @@ impl<B: Backend> Pipeline for OnBackend<B> {
                 .classifier
                 .as_ref()
                 .ok_or_else(|| missing_head("classifier"))?;
-            let first = b.gather_rows(&hidden, &batch.first_rows())?; // [B, h]
+            let cls_rows = if first_only {
+                identity(first.len())
+            } else {
+                first
+            };
+            let first = b.gather_rows(&hidden, &cls_rows)?; // [B, h]
             let pooled = b.matmul(&first, &c.dense, Activation::Tanh)?; // [B, h]
             let logits = b.matmul(&pooled, &c.out_proj, Activation::None)?; // [B, labels]
             out.logits = rows(b.to_host(&logits)?, c.labels);

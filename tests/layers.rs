@@ -65,7 +65,7 @@ fn check_dump<B: Backend>(
     let mut probes: Vec<(Probe, Vec<f32>)> = Vec::new();
     let batch = b.batch(&packed).unwrap();
     encoder
-        .forward_probed(b, &batch, &mut |p, t| {
+        .forward_probed(b, &batch, None, &mut |p, t| {
             probes.push((p, b.to_host(t)?));
             Ok(())
         })
@@ -154,4 +154,36 @@ fn xlm_roberta_layers_match_float64_on_reference() {
 #[test]
 fn xlm_roberta_layers_match_float64_on_gpu() {
     check_xlm_roberta(&gpu());
+}
+
+/// `forward_rows` (the last layer on the CLS rows only) equals the full forward's rows.
+fn check_forward_rows<B: Backend>(b: &B) {
+    let dir = model_dir("tiny-bge");
+    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
+    let encoder = Encoder::load(b, &config, &Checkpoint::new(&weights).unwrap()).unwrap();
+    let (packed, _) = bge::bench::inputs(&config, 5, 40, true, 3).unwrap();
+    let batch = b.batch(&packed).unwrap();
+    let rows = packed.first_rows();
+    let full = b
+        .to_host(
+            &b.gather_rows(&encoder.forward(b, &batch).unwrap(), &rows)
+                .unwrap(),
+        )
+        .unwrap();
+    let some = b
+        .to_host(&encoder.forward_rows(b, &batch, &rows).unwrap())
+        .unwrap();
+    assert_close(
+        "forward_rows vs forward",
+        &to_f64(&some),
+        &to_f64(&full),
+        tol::KERNEL_F32,
+    );
+}
+
+#[test]
+fn forward_rows_equals_the_full_forward() {
+    check_forward_rows(&Reference);
+    check_forward_rows(&gpu());
 }

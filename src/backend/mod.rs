@@ -137,6 +137,12 @@ pub trait Backend {
     /// The processor this backend runs on: a CPU model or a GPU adapter name.
     fn adapter(&self) -> String;
 
+    /// The most bytes of intermediate tensors held at once so far, where the backend keeps
+    /// count (the GPU's buffer pool); the host process's peak is measured separately.
+    fn activation_peak_bytes(&self) -> Option<u64> {
+        None
+    }
+
     /// The most elements one tensor may hold (a GPU's buffer binding limit); batches are split
     /// so that no activation exceeds it.
     fn max_tensor_elements(&self) -> usize {

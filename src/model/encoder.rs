@@ -127,14 +127,23 @@ impl<B: Backend> Encoder<B> {
 
     /// `[T, h]` last hidden state of a batch.
     pub fn forward(&self, b: &B, batch: &B::Batch) -> Result<B::Tensor> {
-        self.forward_probed(b, batch, &mut |_, _| Ok(()))
+        self.forward_probed(b, batch, None, &mut |_, _| Ok(()))
     }
 
-    /// [`Self::forward`], handing every intermediate value to `probe` as it is computed.
+    /// `[rows.len(), h]`: the last hidden state of the given token rows only. The last layer
+    /// still attends over every token, but its output projection and FFN run on these rows
+    /// alone: for CLS pooling that skips three quarters of the last layer's work.
+    pub fn forward_rows(&self, b: &B, batch: &B::Batch, rows: &[u32]) -> Result<B::Tensor> {
+        self.forward_probed(b, batch, Some(rows), &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::forward`] (or [`Self::forward_rows`] with `rows`), handing every intermediate
+    /// value to `probe` as it is computed.
     pub fn forward_probed(
         &self,
         b: &B,
         batch: &B::Batch,
+        rows: Option<&[u32]>,
         probe: &mut dyn FnMut(Probe, &B::Tensor) -> Result<()>,
     ) -> Result<B::Tensor> {
         let c = &self.config;
@@ -145,8 +154,13 @@ impl<B: Backend> Encoder<B> {
         for (l, layer) in self.layers.iter().enumerate() {
             probe(Probe::Hidden(l), &x)?;
             let qkv = b.matmul(&x, &layer.qkv, Activation::None)?; // [T, 3h]
-            let context = b.attention(&qkv, batch, c.num_heads)?; // [T, h]
+            let mut context = b.attention(&qkv, batch, c.num_heads)?; // [T, h]
             probe(Probe::AttnContext(l), &context)?;
+            if let (Some(rows), true) = (rows, l + 1 == self.layers.len()) {
+                // From here on only `rows` matter: [T, h] -> [rows, h].
+                context = b.gather_rows(&context, rows)?;
+                x = b.gather_rows(&x, rows)?;
+            }
             let projected = b.matmul(&context, &layer.attn_out, Activation::None)?; // [T, h]
             let n = &layer.attn_norm;
             let attn = b.layer_norm(&projected, Some(&x), &n.gamma, &n.beta, eps)?; // [T, h]

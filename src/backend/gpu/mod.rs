@@ -287,6 +287,10 @@ impl Backend for Gpu {
         (self.ctx.limits.max_storage_buffer_binding_size / 4) as usize
     }
 
+    fn activation_peak_bytes(&self) -> Option<u64> {
+        Some(self.pool.stats().peak_in_use)
+    }
+
     fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
         assert_eq!(
             data.len(),

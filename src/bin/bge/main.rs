@@ -140,6 +140,9 @@ struct BenchArgs {
     iters: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run only this many layers of the shape (e.g. to measure one layer's memory).
+    #[arg(long)]
+    layers: Option<usize>,
 }
 
 fn parse_device(s: &str) -> std::result::Result<Device, String> {
@@ -370,6 +373,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         warmup: args.warmup,
         iters: args.iters,
         seed: args.seed,
+        layers: args.layers,
     };
     let line = bench::run(&spec)?;
     println!("{line}");
