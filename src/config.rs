@@ -295,7 +295,7 @@ impl RawConfig {
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::config(path, format!("`{field}` must be positive")));
         }
-        if config.hidden_size % config.num_heads != 0 {
+        if !config.hidden_size.is_multiple_of(config.num_heads) {
             return Err(Error::config(
                 path,
                 format!(

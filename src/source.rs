@@ -98,15 +98,13 @@ fn dir_model_name(dir: &Path) -> String {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     let parent = dir.parent();
-    if parent.and_then(name).as_deref() == Some("snapshots") {
-        if let Some(repo) = parent.and_then(Path::parent).and_then(name) {
-            if let Some((_, model)) = repo
-                .strip_prefix("models--")
-                .and_then(|r| r.rsplit_once("--"))
-            {
-                return model.to_owned();
-            }
-        }
+    if parent.and_then(name).as_deref() == Some("snapshots")
+        && let Some(repo) = parent.and_then(Path::parent).and_then(name)
+        && let Some((_, model)) = repo
+            .strip_prefix("models--")
+            .and_then(|r| r.rsplit_once("--"))
+    {
+        return model.to_owned();
     }
     name(&dir).unwrap_or_default()
 }

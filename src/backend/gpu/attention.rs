@@ -35,7 +35,7 @@ pub(super) fn attention(
 ) -> Result<GpuTensor> {
     let h = qkv.cols / 3;
     let d = h / heads;
-    if d % 4 != 0 || d > MAX_HEAD_DIM {
+    if !d.is_multiple_of(4) || d > MAX_HEAD_DIM {
         return Err(Error::Gpu(format!(
             "head size {d} is not supported by the attention kernel (a multiple of 4, at most {MAX_HEAD_DIM})"
         )));

@@ -472,23 +472,21 @@ impl<'a> Machine<'a> {
     /// location, numel)` (torch/serialization.py, `persistent_id`); location and size are not
     /// needed.
     fn persistent_load(&mut self) -> Result<()> {
-        if let Value::Tuple(id) = self.pop()? {
-            if let [
+        if let Value::Tuple(id) = self.pop()?
+            && let [
                 Value::Str(tag),
                 Value::Global(Global::Storage(kind)),
                 Value::Str(key),
                 Value::Str(_location),
                 Value::Int(_numel),
             ] = id.items.as_slice()
-            {
-                if &**tag == "storage" {
-                    let storage = Storage {
-                        kind: *kind,
-                        key: key.to_string(),
-                    };
-                    return self.push(Value::Storage(Rc::new(storage)));
-                }
-            }
+            && &**tag == "storage"
+        {
+            let storage = Storage {
+                kind: *kind,
+                key: key.to_string(),
+            };
+            return self.push(Value::Storage(Rc::new(storage)));
         }
         Err(self
             .corrupt("a persistent id is not ('storage', <storage class>, key, location, numel)"))
