@@ -44,14 +44,16 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
             "--batch and --iters must be at least 1".into(),
         ));
     }
+    let device = spec.device.resolve();
     let (label, config, pipeline) = match (&spec.model, spec.shape) {
         (Some(dir), shape) => {
             let files = ModelFiles::from_dir(dir)?;
             let config = ModelConfig::from_file(&files.config)?;
             let weights = Weights::open(&files.weights)?;
             let p = pipeline::load(
-                spec.device,
+                device,
                 spec.dtype,
+                spec.threads,
                 &config,
                 &Checkpoint::new(&weights)?,
                 &HeadParams::default(),
@@ -63,8 +65,9 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
             let mut config = shape.config();
             config.num_layers = spec.layers.unwrap_or(config.num_layers);
             let p = pipeline::load(
-                spec.device,
+                device,
                 spec.dtype,
+                spec.threads,
                 &config,
                 &RandomParams { seed: spec.seed },
                 &HeadParams::default(),
@@ -105,10 +108,16 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
     let median = times[times.len() / 2];
     let tokens: usize = lens.iter().sum();
     let flops: f64 = lens.iter().map(|&n| config.flops(n)).sum();
-    let threads = spec.threads.unwrap_or(1);
+    // The threads doing the work: the CPU backend's pool, one host thread otherwise.
+    let threads = match device {
+        Device::Cpu => spec
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        _ => 1,
+    };
     Ok(json!({
         "system": "bge",
-        "device": device_name(spec.device),
+        "device": device_name(device),
         "adapter": pipeline.adapter(),
         "backend": pipeline.describe(),
         "shape": label,

@@ -48,6 +48,8 @@ pub fn default_query_instruction(model_name: &str) -> Option<&'static str> {
 pub struct Options {
     pub device: Device,
     pub dtype: Dtype,
+    /// Worker threads of the CPU backend (all cores by default).
+    pub threads: Option<usize>,
     pub batch_size: usize,
     /// `passage_max_length`, for `encode` and `encode_corpus` (default 512).
     pub max_length: Option<usize>,
@@ -70,6 +72,7 @@ impl Default for Options {
         Options {
             device: Device::Auto,
             dtype: Dtype::F32,
+            threads: None,
             batch_size: DEFAULT_BATCH_SIZE,
             max_length: None,
             query_max_length: None,
@@ -136,7 +139,7 @@ impl FlagModel {
     }
 
     pub fn from_files(files: &ModelFiles, options: &Options) -> Result<Self> {
-        let runtime = Runtime::load(files, options.device, options.dtype)?;
+        let runtime = Runtime::load(files, options.device, options.dtype, options.threads)?;
         let default_length = DEFAULT_MAX_LENGTH.min(runtime.config().max_tokens());
         let limit = |requested: Option<usize>| {
             runtime.check_max_length(requested.unwrap_or(default_length))

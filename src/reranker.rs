@@ -24,7 +24,7 @@ impl Reranker {
     /// Loads a `*ForSequenceClassification` model with one label.
     pub fn load(model: &str, device: Device, dtype: Dtype) -> Result<Self> {
         let files = ModelFiles::resolve(model)?;
-        let runtime = Runtime::load(&files, device, dtype)?;
+        let runtime = Runtime::load(&files, device, dtype, None)?;
         if !runtime.heads().2 {
             return Err(Error::InvalidArgument(format!(
                 "model `{}` is not a reranker: its config.json declares no *ForSequenceClassification architecture",

@@ -22,7 +22,12 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn load(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
+    pub fn load(
+        files: &ModelFiles,
+        device: Device,
+        dtype: Dtype,
+        threads: Option<usize>,
+    ) -> Result<Self> {
         let config = ModelConfig::from_file(&files.config)?;
         let special: Vec<&std::path::Path> =
             files.special_tokens.iter().map(|p| p.as_path()).collect();
@@ -51,7 +56,7 @@ impl Runtime {
                 Head::Encoder => None,
             },
         };
-        let pipeline = pipeline::load(device, dtype, &config, &checkpoint, &heads)?;
+        let pipeline = pipeline::load(device, dtype, threads, &config, &checkpoint, &heads)?;
         Ok(Runtime {
             pipeline,
             tokenizer,

@@ -1,9 +1,12 @@
-//! Every operation of every fast backend against the reference backend, on random inputs with
-//! awkward shapes: sizes that are multiples of no tile, single rows, single-token sequences,
-//! long rows. In CI the GPU is Mesa's lavapipe; a missing adapter fails these tests.
+//! Every operation of every fast backend (the SIMD CPU backend on each instruction set this CPU
+//! has, on 1 and 3 threads; the WGSL backend's kernels) against the reference backend, on random
+//! inputs with awkward shapes: sizes that are multiples of no tile, single rows, single-token
+//! sequences, long rows. In CI the GPU is Mesa's lavapipe; a missing adapter fails these tests.
 
 mod common;
 
+use bge::backend::cpu::Cpu;
+use bge::backend::cpu::simd::Isa;
 use bge::backend::gpu::{Gpu, GpuOptions, MatmulKernel};
 use bge::backend::reference::Reference;
 use bge::backend::{Activation, Backend, Dtype, PackedBatch};
@@ -20,7 +23,7 @@ fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
 
 /// A backend under test, its name, and how it stores linear weights.
 struct Case<B> {
-    name: &'static str,
+    name: String,
     backend: B,
     /// Weights as this backend stores them, so the reference sees the same values.
     weight_dtype: Dtype,
@@ -36,23 +39,32 @@ fn gpu(matmul: MatmulKernel, dtype: Dtype) -> Gpu {
 }
 
 fn gpu_cases() -> Vec<Case<Gpu>> {
-    vec![
-        Case {
-            name: "gpu tiled f32",
-            backend: gpu(MatmulKernel::Tiled, Dtype::F32),
-            weight_dtype: Dtype::F32,
-        },
-        Case {
-            name: "gpu naive f32",
-            backend: gpu(MatmulKernel::Naive, Dtype::F32),
-            weight_dtype: Dtype::F32,
-        },
-        Case {
-            name: "gpu tiled f16",
-            backend: gpu(MatmulKernel::Tiled, Dtype::F16),
-            weight_dtype: Dtype::F16,
-        },
+    [
+        ("gpu tiled f32", MatmulKernel::Tiled, Dtype::F32),
+        ("gpu naive f32", MatmulKernel::Naive, Dtype::F32),
+        ("gpu tiled f16", MatmulKernel::Tiled, Dtype::F16),
     ]
+    .into_iter()
+    .map(|(name, kernel, dtype)| Case {
+        name: name.into(),
+        backend: gpu(kernel, dtype),
+        weight_dtype: dtype,
+    })
+    .collect()
+}
+
+/// Every instruction set this CPU runs (AVX-512, AVX2, NEON, scalar), on one thread and on
+/// three (an odd count, so work never splits evenly).
+fn cpu_cases() -> Vec<Case<Cpu>> {
+    Isa::available()
+        .into_iter()
+        .flat_map(|isa| [1, 3].map(|threads| (isa, threads)))
+        .map(|(isa, threads)| Case {
+            name: format!("cpu {} x{threads}", isa.name()),
+            backend: Cpu::with_isa(Some(threads), isa).unwrap(),
+            weight_dtype: Dtype::F32,
+        })
+        .collect()
 }
 
 /// Rounds weights to what a backend storing them in `dtype` holds.
@@ -95,9 +107,7 @@ fn check<B: Backend>(
     }
 }
 
-#[test]
-fn matmul_with_every_activation_and_awkward_shape() {
-    let cases = gpu_cases();
+fn matmul_with_every_activation_and_awkward_shape_on<B: Backend>(cases: &[Case<B>]) {
     let shapes = [
         (1, 1, 1),
         (1, 37, 5),
@@ -120,7 +130,7 @@ fn matmul_with_every_activation_and_awkward_shape() {
             Activation::Relu,
         ] {
             check(
-                &cases,
+                cases,
                 &format!("matmul {m}x{n}x{k} {act:?}"),
                 tol::KERNEL_F32,
                 |c| {
@@ -136,16 +146,27 @@ fn matmul_with_every_activation_and_awkward_shape() {
 }
 
 #[test]
-fn gelu_matches_erf_across_its_range() {
+fn matmul_with_every_activation_and_awkward_shape() {
+    matmul_with_every_activation_and_awkward_shape_on(&cpu_cases());
+    matmul_with_every_activation_and_awkward_shape_on(&gpu_cases());
+}
+
+fn gelu_matches_erf_across_its_range_on<B: Backend>(cases: &[Case<B>]) {
     // x from -12 to 12 through a 1x1 identity layer; tails included, where 1 + erf(x) cancels.
     let m = 2401;
     let x: Vec<f32> = (0..m).map(|i| -12.0 + i as f32 * 0.01).collect();
-    check(&gpu_cases(), "gelu", tol::GELU, |c| {
+    check(cases, "gelu", tol::GELU, |c| {
         (
             matmul(&c.backend, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
             matmul(&Reference, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
         )
     });
+}
+
+#[test]
+fn gelu_matches_erf_across_its_range() {
+    gelu_matches_erf_across_its_range_on(&cpu_cases());
+    gelu_matches_erf_across_its_range_on(&gpu_cases());
 }
 
 fn layer_norm<B: Backend>(
@@ -167,9 +188,7 @@ fn layer_norm<B: Backend>(
         .unwrap()
 }
 
-#[test]
-fn layer_norm_with_and_without_residual() {
-    let cases = gpu_cases();
+fn layer_norm_with_and_without_residual_on<B: Backend>(cases: &[Case<B>]) {
     for (i, &(rows, cols)) in [(1, 1), (1, 7), (5, 33), (3, 1024), (2, 4099), (300, 32)]
         .iter()
         .enumerate()
@@ -188,7 +207,7 @@ fn layer_norm_with_and_without_residual() {
         let beta = random(cols, 0.2, seed + 3);
         for res in [None, Some(&r[..])] {
             check(
-                &cases,
+                cases,
                 &format!("layer_norm {rows}x{cols} residual={}", res.is_some()),
                 tol::KERNEL_F32,
                 |c| {
@@ -200,6 +219,12 @@ fn layer_norm_with_and_without_residual() {
             );
         }
     }
+}
+
+#[test]
+fn layer_norm_with_and_without_residual() {
+    layer_norm_with_and_without_residual_on(&cpu_cases());
+    layer_norm_with_and_without_residual_on(&gpu_cases());
 }
 
 fn packed(lens: &[usize]) -> PackedBatch {
@@ -225,9 +250,7 @@ fn attention<B: Backend>(b: &B, qkv: &[f32], lens: &[usize], h: usize, heads: us
         .unwrap()
 }
 
-#[test]
-fn attention_stays_inside_each_sequence() {
-    let cases = gpu_cases();
+fn attention_stays_inside_each_sequence_on<B: Backend>(cases: &[Case<B>]) {
     let configs: [(&[usize], usize, usize); 7] = [
         (&[1], 4, 1),
         (&[1, 7, 70], 8, 2),
@@ -242,7 +265,7 @@ fn attention_stays_inside_each_sequence() {
         // Scores of a few units: softmax neither uniform nor one-hot.
         let qkv = random(tokens * 3 * h, 2.0, 200 + i as u64);
         check(
-            &cases,
+            cases,
             &format!("attention {lens:?} h={h} heads={heads}"),
             tol::KERNEL_F32,
             |c| {
@@ -253,6 +276,12 @@ fn attention_stays_inside_each_sequence() {
             },
         );
     }
+}
+
+#[test]
+fn attention_stays_inside_each_sequence() {
+    attention_stays_inside_each_sequence_on(&cpu_cases());
+    attention_stays_inside_each_sequence_on(&gpu_cases());
 }
 
 #[test]
@@ -285,16 +314,21 @@ fn embed<B: Backend>(b: &B, lens: &[usize], h: usize) -> Vec<f32> {
     .unwrap()
 }
 
-#[test]
-fn embedding_gather_and_sum() {
+fn embedding_gather_and_sum_on<B: Backend>(cases: &[Case<B>]) {
     for (lens, h) in [(&[1][..], 1), (&[3, 250][..], 33), (&[7][..], 384)] {
         check(
-            &gpu_cases(),
+            cases,
             &format!("embed {lens:?} h={h}"),
             tol::KERNEL_F32,
             |c| (embed(&c.backend, lens, h), embed(&Reference, lens, h)),
         );
     }
+}
+
+#[test]
+fn embedding_gather_and_sum() {
+    embedding_gather_and_sum_on(&cpu_cases());
+    embedding_gather_and_sum_on(&gpu_cases());
 }
 
 #[test]
@@ -369,11 +403,10 @@ fn pooling<B: Backend>(b: &B, lens: &[usize], cols: usize) -> Vec<f32> {
     out
 }
 
-#[test]
-fn pooling_gathering_and_normalisation() {
+fn pooling_gathering_and_normalisation_on<B: Backend>(cases: &[Case<B>]) {
     for (lens, cols) in [(&[1][..], 1), (&[1, 5, 300][..], 37), (&[2, 2][..], 1024)] {
         check(
-            &gpu_cases(),
+            cases,
             &format!("pooling {lens:?} cols={cols}"),
             tol::KERNEL_F32,
             |c| {
@@ -387,8 +420,13 @@ fn pooling_gathering_and_normalisation() {
 }
 
 #[test]
-fn l2_normalize_keeps_zero_rows_zero() {
-    check(&gpu_cases(), "l2 of zeros", tol::KERNEL_F32, |c| {
+fn pooling_gathering_and_normalisation() {
+    pooling_gathering_and_normalisation_on(&cpu_cases());
+    pooling_gathering_and_normalisation_on(&gpu_cases());
+}
+
+fn l2_normalize_keeps_zero_rows_zero_on<B: Backend>(cases: &[Case<B>]) {
+    check(cases, "l2 of zeros", tol::KERNEL_F32, |c| {
         let b = &c.backend;
         let x = b.tensor(&[0.0; 6], 2, 3).unwrap();
         (
@@ -399,8 +437,13 @@ fn l2_normalize_keeps_zero_rows_zero() {
 }
 
 #[test]
-fn empty_inputs_give_empty_outputs() {
-    for c in gpu_cases() {
+fn l2_normalize_keeps_zero_rows_zero() {
+    l2_normalize_keeps_zero_rows_zero_on(&cpu_cases());
+    l2_normalize_keeps_zero_rows_zero_on(&gpu_cases());
+}
+
+fn empty_inputs_give_empty_outputs_on<B: Backend>(cases: &[Case<B>]) {
+    for c in cases {
         let b = &c.backend;
         let x = b.tensor(&random(12, 1.0, 5), 4, 3).unwrap();
         assert!(
@@ -411,4 +454,10 @@ fn empty_inputs_give_empty_outputs() {
             c.name
         );
     }
+}
+
+#[test]
+fn empty_inputs_give_empty_outputs() {
+    empty_inputs_give_empty_outputs_on(&cpu_cases());
+    empty_inputs_give_empty_outputs_on(&gpu_cases());
 }

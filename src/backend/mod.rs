@@ -14,6 +14,7 @@
 //! * Arithmetic: inputs and outputs are f32 unless a backend was built for f16 storage; sums
 //!   (dot products, means, variances, softmax denominators) always accumulate in f32 or wider.
 
+pub mod cpu;
 pub mod gpu;
 pub mod reference;
 

@@ -61,16 +61,16 @@ impl<'a> Archive<'a> {
         let mut dir_len = u64::from(r.u32(end + 12)?);
         let mut dir_start = u64::from(r.u32(end + 16)?);
         // zip64: a locator just before the end record points at the 64-bit version of it.
-        if let Some(locator) = end.checked_sub(ZIP64_LOCATOR_LEN) {
-            if r.u32(locator)? == ZIP64_LOCATOR {
-                let end64 = r.offset(r.u64(locator + 8)?)?;
-                if r.u32(end64)? != ZIP64_END_OF_CENTRAL_DIR {
-                    return Err(r.corrupt("the zip64 locator does not point at a zip64 end record"));
-                }
-                count = r.u64(end64 + 32)?;
-                dir_len = r.u64(end64 + 40)?;
-                dir_start = r.u64(end64 + 48)?;
+        if let Some(locator) = end.checked_sub(ZIP64_LOCATOR_LEN)
+            && r.u32(locator)? == ZIP64_LOCATOR
+        {
+            let end64 = r.offset(r.u64(locator + 8)?)?;
+            if r.u32(end64)? != ZIP64_END_OF_CENTRAL_DIR {
+                return Err(r.corrupt("the zip64 locator does not point at a zip64 end record"));
             }
+            count = r.u64(end64 + 32)?;
+            dir_len = r.u64(end64 + 40)?;
+            dir_start = r.u64(end64 + 48)?;
         }
         let dir_start = r.offset(dir_start)?;
         let dir_end = dir_start

@@ -1,0 +1,581 @@
+//! The CPU linear layer, `out = act(a W^T + b)`, as a BLIS / GotoBLAS matrix multiply.
+//!
+//! ```text
+//! a:   [M, K]  row-major (tokens x in)
+//! w:   [N, K]  row-major (Hugging Face [out, in]), packed once by PackedLinear::new
+//! out: [M, N]  out[m, n] = act(sum_k a[m, k] w[n, k] + bias[n])
+//! ```
+//!
+//! * `W` is packed once, at load time, into column panels `NR` wide (`[N/NR][K][NR]`,
+//!   zero-padded, 64-byte aligned), so the micro-kernel reads a panel as one stream.
+//! * Per call, each job packs its rows of `A` into row panels `MR` tall, `[K/KG][MR][KG]`:
+//!   groups of `KG = 4` steps of k per row, so packing is 16-byte copies, not a transpose.
+//! * The micro-kernel (`kernel.rs`) keeps an `MR x NR` tile of `out` in registers (AVX-512:
+//!   12 x 32 in 24 zmm): per step of k it loads `NR / LANES` vectors of `W`, broadcasts one
+//!   value of `A` per row and issues `MR x NR / LANES` FMAs. The bias initialises the
+//!   accumulators and the activation is applied in registers before the one store of the tile,
+//!   so the epilogue costs no pass over `out`.
+//! * Blocking, measured on Zen 4 (see `KC`, `NC`, `JOB_ROWS`): a single k-block up to
+//!   K = 4096, blocks of 256 columns of `W` swept by all row panels of a job, jobs of ~48 rows.
+//! * Threads: the rows (or, for few rows, the columns) are shared out evenly among the threads
+//!   of the rayon pool, in jobs of whole panels.
+//! * Arithmetic: f32 products summed in f32 registers by FMA, one k-block after another.
+//!
+//! The loop nest of one job (rows `r`, column panels `p`):
+//! ```text
+//! for each k-block kb (all of K if K <= KC):  pack A[r, kb]
+//!   for each block nc of NC columns in p:     W[kb, nc] stays in L2
+//!     for each row panel (MR rows of r):      its packed A comes from L1 / L2
+//!       for each column panel (NR) in nc:     micro-kernel
+//! ```
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use bytemuck::{Pod, Zeroable};
+use rayon::prelude::*;
+
+use super::simd::Isa;
+use crate::backend::Activation;
+use crate::error::{Error, Result};
+use kernel::{KG, Kernel, Tile};
+
+mod kernel;
+
+/// The deepest k-block. Measured on Zen 4 (1 MiB L2), the classic choice (KC ~ 384, so that
+/// an `MR x KC` panel of A stays in L1) is 3-7% slower at the BGE shapes than one block of all of
+/// K: each extra k-block re-reads and re-writes every tile of `out`, which costs more than
+/// streaming the A panel from L2 (the kernel needs only 48 bytes of A per 24 FMAs).
+const KC: usize = 4096;
+
+/// Columns of W per block, swept by every row panel of a job while they stay in L2.
+const NC: usize = 256;
+
+/// Rows per job (rounded to whole row panels): small jobs keep a job's packed A in L2 and give
+/// the pool enough jobs to even out a core that is busy with something else.
+const JOB_ROWS: usize = 48;
+
+/// Below this many multiply-adds one thread finishes before the pool would have woken up.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// A linear layer's weight, packed for the micro-kernel of one instruction set, and its bias.
+pub struct PackedLinear {
+    kernel: &'static Kernel,
+    n: usize,
+    k: usize,
+    /// `[ceil(n / NR)][k][NR]`: panel `p`, step `kk`, lane `j` is `w[p * NR + j, kk]`, and zero
+    /// past `n`.
+    panels: AlignedVec,
+    /// `[ceil(n / NR) * NR]`, zero past `n`.
+    bias: AlignedVec,
+}
+
+impl PackedLinear {
+    /// Packs `weight` (`[n, k]`, row-major) and `bias` (`[n]`) for the fastest instruction set
+    /// of this CPU.
+    pub fn new(weight: &[f32], bias: &[f32], n: usize, k: usize) -> Result<Self> {
+        Self::with_isa(weight, bias, n, k, Isa::best())
+    }
+
+    /// [`PackedLinear::new`] for a chosen instruction set (tests and benchmarks compare them);
+    /// an error if this CPU cannot run it.
+    pub fn with_isa(weight: &[f32], bias: &[f32], n: usize, k: usize, isa: Isa) -> Result<Self> {
+        if !isa.is_available() {
+            return Err(Error::InvalidArgument(format!(
+                "this CPU cannot run the {} kernels",
+                isa.name()
+            )));
+        }
+        if n.checked_mul(k) != Some(weight.len()) || bias.len() != n {
+            return Err(Error::InvalidArgument(format!(
+                "linear layer [{n}, {k}]: got {} weights and {} biases",
+                weight.len(),
+                bias.len()
+            )));
+        }
+        Ok(Self::from_rows(weight.chunks_exact(k.max(1)).take(n), n, k, isa).with_bias(bias))
+    }
+
+    /// Packs a weight given row by row (`n` rows, each `w[row, ..k]`), with zero bias: attention
+    /// packs its keys this way, straight from the QKV activations. The ISA must be available.
+    pub(super) fn from_rows<'a>(
+        rows: impl Iterator<Item = &'a [f32]>,
+        n: usize,
+        k: usize,
+        isa: Isa,
+    ) -> Self {
+        let mut w = Self::zeros(n, k, isa);
+        let nr = w.kernel.nr;
+        for (row, w_row) in rows.enumerate().take(n) {
+            let (p, j) = (row / nr, row % nr);
+            let panel = &mut w.panels.as_mut_slice()[p * k * nr..(p + 1) * k * nr];
+            for (dst, &x) in panel[j..].iter_mut().step_by(nr).zip(&w_row[..k]) {
+                *dst = x;
+            }
+        }
+        w
+    }
+
+    /// Packs a weight given column by column (`k` columns, each `w[..n, kk]`), with zero bias:
+    /// attention packs `V^T` this way from the rows of `V`, each a contiguous copy.
+    pub(super) fn from_columns<'a>(
+        columns: impl Iterator<Item = &'a [f32]>,
+        n: usize,
+        k: usize,
+        isa: Isa,
+    ) -> Self {
+        let mut w = Self::zeros(n, k, isa);
+        let nr = w.kernel.nr;
+        let panels = w.panels.as_mut_slice();
+        for (kk, column) in columns.enumerate().take(k) {
+            for (p, part) in column[..n].chunks(nr).enumerate() {
+                panels[(p * k + kk) * nr..][..part.len()].copy_from_slice(part);
+            }
+        }
+        w
+    }
+
+    /// An all-zero `[n, k]` layer.
+    fn zeros(n: usize, k: usize, isa: Isa) -> Self {
+        let kernel = Kernel::for_isa(isa);
+        let n_panels = n.div_ceil(kernel.nr);
+        PackedLinear {
+            kernel,
+            n,
+            k,
+            panels: AlignedVec::zeros(n_panels * k * kernel.nr),
+            bias: AlignedVec::zeros(n_panels * kernel.nr),
+        }
+    }
+
+    /// Sets the bias (`[n]`).
+    fn with_bias(mut self, bias: &[f32]) -> Self {
+        self.bias.as_mut_slice()[..self.n].copy_from_slice(bias);
+        self
+    }
+
+    /// Output features `N`.
+    pub fn out(&self) -> usize {
+        self.n
+    }
+
+    /// Input features `K`.
+    pub fn inp(&self) -> usize {
+        self.k
+    }
+
+    /// The instruction set the weights were packed for.
+    pub fn isa(&self) -> Isa {
+        self.kernel.isa
+    }
+}
+
+/// `out[m, n] = act(a[m, :] . w[n, :] + bias[n])` for `a` `[m, K]`, `out` `[m, N]` (row-major),
+/// on the threads of `pool`.
+pub fn linear(
+    a: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: Activation,
+    out: &mut [f32],
+    pool: &rayon::ThreadPool,
+) -> Result<()> {
+    linear_on(a, m, w, act, out, Some(pool))
+}
+
+/// [`linear`] on the calling thread only: for callers that are themselves one of many
+/// parallel tasks (attention runs one per sequence and head).
+pub fn linear_here(
+    a: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: Activation,
+    out: &mut [f32],
+) -> Result<()> {
+    linear_on(a, m, w, act, out, None)
+}
+
+fn linear_on(
+    a: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: Activation,
+    out: &mut [f32],
+    pool: Option<&rayon::ThreadPool>,
+) -> Result<()> {
+    let (n, k) = (w.n, w.k);
+    if m.checked_mul(k) != Some(a.len()) || m.checked_mul(n) != Some(out.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "linear [{m}, {k}] x [{n}, {k}]^T: got {} inputs and room for {} outputs",
+            a.len(),
+            out.len()
+        )));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let threads = match pool {
+        Some(pool) if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS => {
+            pool.current_num_threads()
+        }
+        _ => 1,
+    };
+    let jobs = Jobs::new(m, n.div_ceil(w.kernel.nr), w.kernel.mr, threads);
+    let out = OutPtr(out.as_mut_ptr());
+    let run = |j: usize| {
+        let (rows, panels) = jobs.job(j);
+        // SAFETY: `out` holds `[m, n]`, and the jobs of `Jobs` cover disjoint tiles of it.
+        PACKED_A.with_borrow_mut(|buf| unsafe { run_job(w, a, act, &out, rows, panels, buf) });
+    };
+    match pool {
+        Some(pool) if threads > 1 => {
+            pool.install(|| (0..jobs.count()).into_par_iter().for_each(run))
+        }
+        _ => (0..jobs.count()).for_each(run),
+    }
+    Ok(())
+}
+
+/// How the output (`m` rows = `m_panels` row panels, `n_panels` column panels) is cut into
+/// jobs of whole panels: either the rows are shared out evenly among the threads (`row_parts`)
+/// or, when that is cheaper (few rows), the columns (`col_jobs`); the rows of each share are
+/// then cut into jobs of about [`JOB_ROWS`] rows. Jobs are numbered so that the pool's halving
+/// of `0..count` hands each thread one share.
+struct Jobs {
+    m: usize,
+    mr: usize,
+    m_panels: usize,
+    n_panels: usize,
+    row_parts: usize,
+    jobs_per_part: usize,
+    col_jobs: usize,
+}
+
+impl Jobs {
+    fn new(m: usize, n_panels: usize, mr: usize, threads: usize) -> Self {
+        let m_panels = m.div_ceil(mr);
+        // Give each thread an even share of the rows, or of the columns, whichever makes the
+        // largest share cheaper, counted in tiles (`MR x NR x K` multiply-adds). Packing a row
+        // panel of A costs about a quarter of a tile; a row share packs its own rows of A, a
+        // column share all of them.
+        let rows_each = m_panels.div_ceil(threads);
+        let by_rows = rows_each * n_panels + rows_each / 4;
+        let by_cols = n_panels.div_ceil(threads) * m_panels + m_panels / 4;
+        let (row_parts, col_jobs) = if by_cols < by_rows {
+            (1, threads.min(n_panels))
+        } else {
+            (threads.min(m_panels), 1)
+        };
+        Jobs {
+            m,
+            mr,
+            m_panels,
+            n_panels,
+            row_parts,
+            jobs_per_part: m_panels
+                .div_ceil(row_parts)
+                .div_ceil((JOB_ROWS / mr).max(1)),
+            col_jobs,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.row_parts * self.jobs_per_part * self.col_jobs
+    }
+
+    /// Job `j`'s rows of `out` and column panels.
+    fn job(&self, j: usize) -> (Range<usize>, Range<usize>) {
+        let row_jobs = self.row_parts * self.jobs_per_part;
+        let (cj, rj) = (j / row_jobs, j % row_jobs);
+        let part = even_split(self.m_panels, self.row_parts, rj / self.jobs_per_part);
+        let sub = even_split(part.len(), self.jobs_per_part, rj % self.jobs_per_part);
+        let (p0, p1) = (part.start + sub.start, part.start + sub.end);
+        let rows = p0 * self.mr..(p1 * self.mr).min(self.m);
+        (rows, even_split(self.n_panels, self.col_jobs, cj))
+    }
+}
+
+/// Part `i` of `0..len` cut into `parts` ranges whose lengths differ by at most one.
+fn even_split(len: usize, parts: usize, i: usize) -> Range<usize> {
+    let (base, extra) = (len / parts, len % parts);
+    let start = i * base + i.min(extra);
+    start..start + base + usize::from(i < extra)
+}
+
+/// The output matrix, shared by jobs that write disjoint tiles of it.
+struct OutPtr(*mut f32);
+// SAFETY: jobs only write disjoint tiles through the pointer (see `Jobs`), and `linear` holds
+// the `&mut` borrow of the whole matrix until every job has finished.
+unsafe impl Sync for OutPtr {}
+
+thread_local! {
+    /// Each thread's packed rows of `A` (see [`pack_a`]): grown when a job needs more,
+    /// never shrunk, so steady-state calls allocate nothing.
+    static PACKED_A: RefCell<AlignedVec> = RefCell::new(AlignedVec::zeros(0));
+}
+
+/// Computes `out[rows, panels]` (see the module comment for the loop nest).
+///
+/// # Safety
+/// `out` points at the `[m, N]` output, and no other thread touches `out[rows, panels]`.
+unsafe fn run_job(
+    w: &PackedLinear,
+    a: &[f32],
+    act: Activation,
+    out: &OutPtr,
+    rows: Range<usize>,
+    panels: Range<usize>,
+    packed_a: &mut AlignedVec,
+) {
+    let kern = w.kernel;
+    let (mr, nr, n, k) = (kern.mr, kern.nr, w.n, w.k);
+    // Equal k-blocks, so that no block is left with a sliver of K.
+    let k_blocks = k.div_ceil(KC).max(1);
+    let kc = k.div_ceil(k_blocks);
+    let nc_panels = (NC / nr).max(1);
+    let row_panels = rows.len().div_ceil(mr);
+    packed_a.grow(row_panels * mr * kc.next_multiple_of(KG));
+    for kb in 0..k_blocks {
+        let ks = kb * kc..((kb + 1) * kc).min(k);
+        let depth = ks.len();
+        let panel_len = mr * depth.next_multiple_of(KG);
+        pack_a(
+            a,
+            k,
+            rows.clone(),
+            ks.clone(),
+            kern,
+            packed_a.as_mut_slice(),
+        );
+        let first = kb == 0;
+        let step_act = if kb + 1 == k_blocks {
+            act
+        } else {
+            Activation::None
+        };
+        for nc in panels.clone().step_by(nc_panels) {
+            for (rp, r0) in rows.clone().step_by(mr).enumerate() {
+                let r = mr.min(rows.end - r0);
+                for p in nc..(nc + nc_panels).min(panels.end) {
+                    let tile = Tile {
+                        k: depth,
+                        a: packed_a.as_slice()[rp * panel_len..].as_ptr(),
+                        w: w.panels.as_slice()[(p * k + ks.start) * nr..].as_ptr(),
+                        bias: if first {
+                            w.bias.as_slice()[p * nr..].as_ptr()
+                        } else {
+                            std::ptr::null()
+                        },
+                        // SAFETY: row r0 < m, column p * NR < n: inside `out`.
+                        c: unsafe { out.0.add(r0 * n + p * nr) },
+                        ldc: n,
+                        act: step_act,
+                    };
+                    let cols = nr.min(n - p * nr);
+                    // SAFETY: `tile` points at a packed A panel of `depth x MR`, a W panel of
+                    // `depth x NR`, NR biases, and `r x cols` of `out` that this job owns.
+                    unsafe { kern.run(&tile, r, cols) };
+                }
+            }
+        }
+    }
+}
+
+/// Packs `a[rows, ks]` into row panels `MR` tall, each `[depth / KG][MR][KG]` (see
+/// `kernel::pack_panel`).
+fn pack_a(
+    a: &[f32],
+    k: usize,
+    rows: Range<usize>,
+    ks: Range<usize>,
+    kern: &Kernel,
+    dst: &mut [f32],
+) {
+    let (mr, depth) = (kern.mr, ks.len());
+    let panel_len = mr * depth.next_multiple_of(KG);
+    for (panel, r0) in rows.clone().step_by(mr).enumerate() {
+        let r = mr.min(rows.end - r0);
+        let src = &a[r0 * k + ks.start..(r0 + r - 1) * k + ks.end];
+        let dst = &mut dst[panel * panel_len..(panel + 1) * panel_len];
+        // SAFETY: `src` holds rows `r0 .. r0 + r` of the k-block and `dst` one packed panel.
+        unsafe { kern.pack(src.as_ptr(), k, r, depth, dst.as_mut_ptr()) };
+    }
+}
+
+/// A growable f32 buffer aligned to 64-byte cache lines, so that no vector load of a packed
+/// panel straddles two lines.
+struct AlignedVec {
+    lines: Vec<CacheLine>,
+    len: usize,
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CacheLine([f32; 16]);
+
+impl AlignedVec {
+    fn zeros(len: usize) -> Self {
+        AlignedVec {
+            lines: vec![CacheLine([0.0; 16]); len.div_ceil(16)],
+            len,
+        }
+    }
+
+    /// Makes room for at least `len` floats (contents unspecified).
+    fn grow(&mut self, len: usize) {
+        if len > self.len {
+            *self = AlignedVec::zeros(len);
+        }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::backend::reference::Reference;
+
+    /// `|got - want| <= ATOL + RTOL |want|`: f32 products summed in f32 (FMA, blocked) against
+    /// f64 sums. With outputs of unit scale the rounding of K ~ 4100 f32 additions is ~ 4e-6,
+    /// and the SIMD GELU / tanh are within 1e-6 relative.
+    const ATOL: f64 = 1e-5;
+    const RTOL: f64 = 1e-4;
+
+    const ACTIVATIONS: [Activation; 4] = [
+        Activation::None,
+        Activation::Gelu,
+        Activation::Tanh,
+        Activation::Relu,
+    ];
+
+    /// Uniform values in `[-scale, scale)` from a fixed seed (xorshift64*).
+    fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s >> 12;
+                s ^= s << 25;
+                s ^= s >> 27;
+                let bits = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+                scale * (bits as f32 / (1u64 << 23) as f32 - 1.0)
+            })
+            .collect()
+    }
+
+    /// Every available instruction set x 1 and 2 threads x every activation, for `[m, n, k]`
+    /// with inputs, bias and outputs of unit scale (the weights are scaled by `sqrt(3 / k)`, as
+    /// in a trained layer).
+    fn check(m: usize, n: usize, k: usize) {
+        let a = random(m * k, 1, 1.0);
+        let weight = random(n * k, 2, (3.0 / k.max(1) as f32).sqrt());
+        let bias = random(n, 3, 1.0);
+        let x = Reference.tensor(&a, m, k).unwrap();
+        let lin = Reference.linear(&weight, &bias, n, k).unwrap();
+        let pools: Vec<_> = [1, 2]
+            .map(|t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            })
+            .into();
+        for act in ACTIVATIONS {
+            let want = Reference.matmul(&x, &lin, act).unwrap().data;
+            for isa in Isa::available() {
+                let w = PackedLinear::with_isa(&weight, &bias, n, k, isa).unwrap();
+                for pool in &pools {
+                    let mut got = vec![f32::NAN; m * n];
+                    linear(&a, m, &w, act, &mut got, pool).unwrap();
+                    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                        let (g, r) = (g as f64, r as f64);
+                        assert!(
+                            (g - r).abs() <= ATOL + RTOL * r.abs(),
+                            "[{m}, {n}, {k}] {act:?} {} on {} threads: out[{}, {}] = {g}, want {r}",
+                            isa.name(),
+                            pool.current_num_threads(),
+                            i / n,
+                            i % n,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiny_and_degenerate_shapes() {
+        check(1, 1, 1);
+        check(1, 37, 5);
+        check(3, 5, 0);
+        check(0, 5, 3);
+        check(4, 0, 3);
+        check(2, 1, 300);
+    }
+
+    #[test]
+    fn ragged_edges_in_every_dimension() {
+        check(67, 33, 129);
+        check(130, 65, 17);
+        check(13, 47, 385);
+    }
+
+    #[test]
+    fn deep_k_spans_several_k_blocks() {
+        check(5, 9, 4099);
+        check(3, 40, 8200);
+        check(200, 3, 1030);
+    }
+
+    #[test]
+    fn model_shaped_layers_split_rows_and_columns() {
+        check(31, 1152, 384);
+        check(100, 768, 96);
+        check(4096, 70, 64);
+    }
+
+    #[test]
+    fn jobs_cover_the_output_exactly_once() {
+        for (m, n_panels, mr, threads) in [
+            (1, 1, 12, 2),
+            (31, 36, 12, 2),
+            (4096, 24, 12, 2),
+            (100, 3, 6, 3),
+            (264, 7, 12, 2),
+            (7, 5, 4, 1),
+        ] {
+            let jobs = Jobs::new(m, n_panels, mr, threads);
+            let mut seen = vec![0u8; m * n_panels];
+            for j in 0..jobs.count() {
+                let (rows, panels) = jobs.job(j);
+                for r in rows {
+                    for p in panels.clone() {
+                        seen[r * n_panels + p] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "m {m} panels {n_panels}");
+            assert!((0..jobs.count()).all(|j| !jobs.job(j).0.is_empty()));
+        }
+    }
+
+    #[test]
+    fn mismatched_lengths_are_errors() {
+        assert!(PackedLinear::new(&[0.0; 6], &[0.0; 2], 2, 4).is_err());
+        let w = PackedLinear::new(&[0.0; 8], &[0.0; 2], 2, 4).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut out = [0.0; 2];
+        assert!(linear(&[0.0; 3], 1, &w, Activation::None, &mut out, &pool).is_err());
+        assert!(linear(&[0.0; 4], 1, &w, Activation::None, &mut out, &pool).is_ok());
+    }
+}

@@ -1,0 +1,227 @@
+//! The fast CPU backend: the packed SIMD matrix multiply ([`gemm`]) with its fused epilogues,
+//! attention as blocked GEMMs ([`attention`]), the row operations ([`rows`]), all on one rayon
+//! thread pool. Every operation is tested against [`super::reference`] (`tests/kernels.rs`).
+
+pub mod attention;
+pub mod gemm;
+pub mod rows;
+pub mod simd;
+
+use super::reference::Matrix;
+use super::{Activation, Backend, PackedBatch};
+use crate::error::{Error, Result};
+use gemm::PackedLinear;
+use simd::Isa;
+
+/// The CPU backend: the best instruction set of this CPU and a pool of worker threads.
+pub struct Cpu {
+    isa: Isa,
+    pool: rayon::ThreadPool,
+}
+
+impl Cpu {
+    /// A backend on `threads` threads (all cores by default) with the fastest instruction set.
+    pub fn new(threads: Option<usize>) -> Result<Self> {
+        Self::with_isa(threads, Isa::best())
+    }
+
+    /// [`Cpu::new`] with a chosen instruction set (tests compare every available one).
+    pub fn with_isa(threads: Option<usize>, isa: Isa) -> Result<Self> {
+        if !isa.is_available() {
+            return Err(Error::InvalidArgument(format!(
+                "this CPU cannot run the {} kernels",
+                isa.name()
+            )));
+        }
+        let threads = match threads {
+            Some(0) => {
+                return Err(Error::InvalidArgument(
+                    "--threads must be at least 1".into(),
+                ));
+            }
+            Some(t) => t,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bge-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Cpu { isa, pool })
+    }
+
+    /// The worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs `f` on one of the pool's threads, so that the operations it calls share out their
+    /// work without waking the calling thread in between.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+/// A `[rows, cols]` matrix of zeros.
+fn zeros(rows: usize, cols: usize) -> Matrix {
+    Matrix {
+        data: vec![0.0; rows * cols],
+        rows,
+        cols,
+    }
+}
+
+fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(what()))
+    }
+}
+
+impl Backend for Cpu {
+    type Tensor = Matrix;
+    type Table = Matrix;
+    type Linear = PackedLinear;
+    type Batch = PackedBatch;
+
+    fn describe(&self) -> String {
+        format!("cpu ({}, {} threads, f32)", self.isa.name(), self.threads())
+    }
+
+    fn adapter(&self) -> String {
+        super::cpu_name()
+    }
+
+    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        check(rows.checked_mul(cols) == Some(data.len()), || {
+            format!("tensor [{rows}, {cols}] given {} values", data.len())
+        })?;
+        Ok(Matrix {
+            data: data.to_vec(),
+            rows,
+            cols,
+        })
+    }
+
+    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        self.tensor(data, rows, cols)
+    }
+
+    fn to_host(&self, x: &Matrix) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+
+    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<PackedLinear> {
+        PackedLinear::with_isa(weight, bias, out, inp, self.isa)
+    }
+
+    fn batch(&self, batch: &PackedBatch) -> Result<PackedBatch> {
+        Ok(batch.clone())
+    }
+
+    fn embed(
+        &self,
+        batch: &PackedBatch,
+        word: &Matrix,       // [vocab, h]
+        position: &Matrix,   // [positions, h]
+        token_type: &Matrix, // [types, h]
+    ) -> Result<Matrix> {
+        let h = word.cols;
+        check(position.cols == h && token_type.cols == h, || {
+            "embedding tables differ in width".into()
+        })?;
+        let mut out = zeros(batch.tokens(), h); // [T, h]
+        rows::embed(
+            &self.pool,
+            batch,
+            &word.data,
+            &position.data,
+            &token_type.data,
+            &mut out.data,
+            h,
+        );
+        Ok(out)
+    }
+
+    fn matmul(&self, x: &Matrix, w: &PackedLinear, act: Activation) -> Result<Matrix> {
+        // x: [T, in] -> [T, out]
+        let mut out = zeros(x.rows, w.out());
+        gemm::linear(&x.data, x.rows, w, act, &mut out.data, &self.pool)?;
+        Ok(out)
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Matrix,                // [T, h]
+        residual: Option<&Matrix>, // [T, h]
+        gamma: &Matrix,            // [1, h]
+        beta: &Matrix,             // [1, h]
+        eps: f32,
+    ) -> Result<Matrix> {
+        let h = x.cols;
+        check(
+            gamma.data.len() == h
+                && beta.data.len() == h
+                && residual.is_none_or(|r| r.data.len() == x.data.len()),
+            || format!("layer norm over {h} columns: parameter or residual shapes differ"),
+        )?;
+        let mut out = zeros(x.rows, h);
+        rows::layer_norm(
+            &self.pool,
+            &x.data,
+            residual.map(|r| r.data.as_slice()),
+            &gamma.data,
+            &beta.data,
+            eps,
+            &mut out.data,
+        );
+        Ok(out)
+    }
+
+    fn attention(&self, qkv: &Matrix, batch: &PackedBatch, heads: usize) -> Result<Matrix> {
+        // qkv: [T, 3h] -> [T, h]
+        let h = qkv.cols / 3;
+        check(
+            qkv.rows == batch.tokens() && qkv.cols == 3 * h && heads > 0 && h.is_multiple_of(heads),
+            || {
+                format!(
+                    "attention: qkv [{}, {}] for {heads} heads",
+                    qkv.rows, qkv.cols
+                )
+            },
+        )?;
+        let mut out = zeros(qkv.rows, h);
+        attention::attention(&self.pool, self.isa, &qkv.data, batch, heads, &mut out.data)?;
+        Ok(out)
+    }
+
+    fn gather_rows(&self, x: &Matrix, rows: &[u32]) -> Result<Matrix> {
+        check(rows.iter().all(|&r| (r as usize) < x.rows), || {
+            format!("gather: a row index is outside the {} rows", x.rows)
+        })?;
+        let mut out = zeros(rows.len(), x.cols);
+        rows::gather(&self.pool, &x.data, rows, &mut out.data, x.cols);
+        Ok(out)
+    }
+
+    fn mean_pool(&self, x: &Matrix, batch: &PackedBatch) -> Result<Matrix> {
+        // x: [T, h] -> [B, h]
+        check(x.rows == batch.tokens(), || {
+            "mean pool: rows and tokens differ".into()
+        })?;
+        let mut out = zeros(batch.sequences(), x.cols);
+        rows::mean_pool(&self.pool, &x.data, batch, &mut out.data, x.cols);
+        Ok(out)
+    }
+
+    fn l2_normalize(&self, x: &Matrix) -> Result<Matrix> {
+        let mut out = zeros(x.rows, x.cols);
+        rows::l2_normalize(&self.pool, &x.data, &mut out.data, x.cols);
+        Ok(out)
+    }
+}
