@@ -5,7 +5,9 @@
 //! threads, the median time of a call, GFLOP/s (2 M N K per call; the fused bias and activation
 //! are not counted) and that as a percentage of this machine's FMA peak, which is measured
 //! first with register-only multiply-adds of the same instruction set on as many threads.
-//! `BGE_GEMM_ISA=avx512|avx2|neon|scalar` picks an instruction set other than the fastest.
+//! `BGE_GEMM_ISA=avx512|avx2|neon|scalar` picks an instruction set other than the fastest;
+//! `BGE_GEMM_DTYPE=bf16` times the AVX-512 BF16 kernel (its %peak is of the f32 FMA peak, so
+//! up to 200).
 //! Run it on an idle machine: the load average is printed before and after.
 
 use std::time::{Duration, Instant};
@@ -41,7 +43,17 @@ fn main() {
         },
         Err(_) => Isa::best(),
     };
-    println!("gemm bench: isa {}, load average {}", isa.name(), loadavg());
+    let bf16 = std::env::var("BGE_GEMM_DTYPE").is_ok_and(|d| d == "bf16");
+    println!(
+        "gemm bench: isa {}{}, load average {}",
+        isa.name(),
+        if bf16 {
+            " bf16 (%peak of the f32 FMA peak)"
+        } else {
+            ""
+        },
+        loadavg()
+    );
     println!(
         "{:<9} {:<8} {:>5} {:>5} {:>5} {:<5} {:>3} {:>10} {:>8} {:>6}",
         "model", "layer", "M", "N", "K", "act", "thr", "median ms", "GFLOP/s", "%peak"
@@ -60,8 +72,12 @@ fn main() {
                 ("ffn-down", h, f, Activation::None),
             ];
             for (layer, n, k, act) in layers {
-                let w = PackedLinear::with_isa(&random(n * k, 1), &random(n, 2), n, k, isa)
-                    .expect("the bench's shapes are consistent");
+                let (weight, bias) = (random(n * k, 1), random(n, 2));
+                let w = match bf16 {
+                    true => PackedLinear::bf16(&weight, &bias, n, k),
+                    false => PackedLinear::with_isa(&weight, &bias, n, k, isa),
+                }
+                .expect("the bench's shapes are consistent, and bf16 needs AVX-512 BF16");
                 for m in TOKENS {
                     let a = random(m * k, 3);
                     let mut out = vec![0f32; m * n];

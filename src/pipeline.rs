@@ -129,17 +129,24 @@ pub fn load(
             Ok(Box::new(OnBackend::load(gpu, config, params, heads)?))
         }
         (_, Dtype::F16) => Err(Error::InvalidArgument(
-            "--dtype f16 needs a GPU (--device gpu); the CPU backends compute in f32".into(),
+            "--dtype f16 needs a GPU (--device gpu); the CPU takes f32 or bf16".into(),
         )),
         (Device::Reference, Dtype::F32) => {
             Ok(Box::new(OnBackend::load(Reference, config, params, heads)?))
         }
-        (_, Dtype::F32) => Ok(Box::new(OnCpu(OnBackend::load(
-            Cpu::new(threads)?,
-            config,
-            params,
-            heads,
-        )?))),
+        (Device::Reference, Dtype::Bf16) => Err(Error::InvalidArgument(
+            "the reference backend computes in f32 only".into(),
+        )),
+        (_, dtype) => {
+            let cpu = Cpu::new(threads)?;
+            let cpu = match dtype {
+                Dtype::Bf16 => cpu.bf16()?,
+                _ => cpu,
+            };
+            Ok(Box::new(OnCpu(OnBackend::load(
+                cpu, config, params, heads,
+            )?)))
+        }
     }
 }
 

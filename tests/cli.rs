@@ -470,6 +470,19 @@ fn out_of_range_lengths_and_sizes_are_refused() {
         &[],
     );
     assert!(error_line(&out, 1).contains("--dtype f16 needs a GPU"));
+    let gpu_bf16 = ["embed", "--model", &tiny_bge(), "--dtype", "bf16"];
+    let out = bge(
+        &[&gpu_bf16[..], &["--device", "gpu"]].concat(),
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("--dtype bf16 is for the CPU backend"));
+    let out = bge(
+        &[&gpu_bf16[..], &["--device", "reference"]].concat(),
+        "\"x\"\n",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("computes in f32 only"));
 }
 
 /// A copy of tiny-bge whose `file` is replaced by `edit(original bytes)`.

@@ -36,7 +36,10 @@ pub enum Activation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dtype {
     F32,
+    /// GPU: linear weights stored as f16, activations f32.
     F16,
+    /// CPU with AVX-512 BF16: linear weights and their inputs rounded to bf16, sums in f32.
+    Bf16,
 }
 
 impl Dtype {
@@ -44,6 +47,7 @@ impl Dtype {
         match self {
             Dtype::F32 => "f32",
             Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
         }
     }
 }

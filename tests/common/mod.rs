@@ -149,6 +149,12 @@ pub mod tol {
         atol: 1e-2,
         rtol: 0.0,
     };
+    /// bf16 linear layers and inputs on the CPU: 8 significant bits (relative rounding
+    /// 2^-9 = 2e-3), four times f16's; as there, the cosine bar beside it is what matters.
+    pub const BF16_VECTORS: Tolerance = Tolerance {
+        atol: 3e-2,
+        rtol: 0.0,
+    };
     /// A kernel's GELU vs libm's erf: the erfc approximation is good to 1.2e-7 relative,
     /// plus a few ulp of f32 rounding; the absolute part covers the tails near 0.
     pub const GELU: Tolerance = Tolerance {

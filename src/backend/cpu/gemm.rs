@@ -64,7 +64,8 @@ pub struct PackedLinear {
     n: usize,
     k: usize,
     /// `[ceil(n / NR)][k][NR]`: panel `p`, step `kk`, lane `j` is `w[p * NR + j, kk]`, and zero
-    /// past `n`.
+    /// past `n`. For the bf16 kernel `[ceil(n / NR)][ceil(k / 2)][NR]` words, each the pair of
+    /// steps `2 kk`, `2 kk + 1`.
     panels: AlignedVec,
     /// `[ceil(n / NR) * NR]`, zero past `n`.
     bias: AlignedVec,
@@ -94,6 +95,37 @@ impl PackedLinear {
             )));
         }
         Ok(Self::from_rows(weight.chunks_exact(k.max(1)).take(n), n, k, isa).with_bias(bias))
+    }
+
+    /// Packs `weight` (`[n, k]`) and `bias` for the AVX-512 BF16 kernel: weights and, at each
+    /// call, inputs rounded to bf16 (8 significant bits), products summed in f32. Twice the
+    /// multiply-adds per instruction of f32; an error where the CPU lacks AVX-512 BF16.
+    pub fn bf16(weight: &[f32], bias: &[f32], n: usize, k: usize) -> Result<Self> {
+        let Some(kernel) = Kernel::bf16() else {
+            return Err(Error::InvalidArgument(
+                "bf16 needs a CPU with AVX-512 BF16 (Zen 4, Sapphire Rapids or newer)".into(),
+            ));
+        };
+        let f32_layout = Self::with_isa(weight, bias, n, k, kernel.isa)?;
+        debug_assert_eq!(f32_layout.kernel.nr, kernel.nr);
+        let (nr, words) = (kernel.nr, k.div_ceil(2));
+        let mut w = Self::zeros_for(n, k, kernel).with_bias(bias);
+        let (src, dst) = (f32_layout.panels.as_slice(), w.panels.as_mut_slice());
+        let dst: &mut [u32] = bytemuck::cast_slice_mut(dst);
+        for p in 0..n.div_ceil(nr) {
+            let panel = &src[p * k * nr..(p + 1) * k * nr]; // [k][NR]
+            for kw in 0..words {
+                for j in 0..nr {
+                    let lo = kernel::bf16_bits(panel[2 * kw * nr + j]);
+                    let hi = match 2 * kw + 1 < k {
+                        true => kernel::bf16_bits(panel[(2 * kw + 1) * nr + j]),
+                        false => 0,
+                    };
+                    dst[(p * words + kw) * nr + j] = lo | hi << 16;
+                }
+            }
+        }
+        Ok(w)
     }
 
     /// Packs a weight given row by row (`n` rows, each `w[row, ..k]`), with zero bias: attention
@@ -135,15 +167,18 @@ impl PackedLinear {
         w
     }
 
-    /// An all-zero `[n, k]` layer.
+    /// An all-zero `[n, k]` layer for the f32 kernel of `isa`.
     fn zeros(n: usize, k: usize, isa: Isa) -> Self {
-        let kernel = Kernel::for_isa(isa);
+        Self::zeros_for(n, k, Kernel::for_isa(isa))
+    }
+
+    fn zeros_for(n: usize, k: usize, kernel: &'static Kernel) -> Self {
         let n_panels = n.div_ceil(kernel.nr);
         PackedLinear {
             kernel,
             n,
             k,
-            panels: AlignedVec::zeros(n_panels * k * kernel.nr),
+            panels: AlignedVec::zeros(n_panels * k.div_ceil(kernel.k_per_word) * kernel.nr),
             bias: AlignedVec::zeros(n_panels * kernel.nr),
         }
     }
@@ -167,6 +202,11 @@ impl PackedLinear {
     /// The instruction set the weights were packed for.
     pub fn isa(&self) -> Isa {
         self.kernel.isa
+    }
+
+    /// Whether the weights are stored as bf16 (see [`PackedLinear::bf16`]).
+    pub fn is_bf16(&self) -> bool {
+        self.kernel.k_per_word == 2
     }
 }
 
@@ -328,17 +368,19 @@ unsafe fn run_job(
     packed_a: &mut AlignedVec,
 ) {
     let kern = w.kernel;
-    let (mr, nr, n, k) = (kern.mr, kern.nr, w.n, w.k);
+    let (mr, nr, n, k, kpw) = (kern.mr, kern.nr, w.n, w.k, kern.k_per_word);
+    // W's panels in words, and the blocks of k likewise (a block starts on a whole word).
+    let panel_words = k.div_ceil(kpw);
     // Equal k-blocks, so that no block is left with a sliver of K.
     let k_blocks = k.div_ceil(KC).max(1);
-    let kc = k.div_ceil(k_blocks);
+    let kc = k.div_ceil(k_blocks).next_multiple_of(kpw);
     let nc_panels = (NC / nr).max(1);
     let row_panels = rows.len().div_ceil(mr);
-    packed_a.grow(row_panels * mr * kc.next_multiple_of(KG));
+    packed_a.grow(row_panels * mr * kc.div_ceil(kpw).next_multiple_of(KG));
     for kb in 0..k_blocks {
         let ks = kb * kc..((kb + 1) * kc).min(k);
-        let depth = ks.len();
-        let panel_len = mr * depth.next_multiple_of(KG);
+        let words = ks.len().div_ceil(kpw);
+        let panel_len = mr * words.next_multiple_of(KG);
         pack_a(
             a,
             k,
@@ -358,9 +400,9 @@ unsafe fn run_job(
                 let r = mr.min(rows.end - r0);
                 for p in nc..(nc + nc_panels).min(panels.end) {
                     let tile = Tile {
-                        k: depth,
+                        k: words,
                         a: packed_a.as_slice()[rp * panel_len..].as_ptr(),
-                        w: w.panels.as_slice()[(p * k + ks.start) * nr..].as_ptr(),
+                        w: w.panels.as_slice()[(p * panel_words + ks.start / kpw) * nr..].as_ptr(),
                         bias: if first {
                             w.bias.as_slice()[p * nr..].as_ptr()
                         } else {
@@ -372,8 +414,8 @@ unsafe fn run_job(
                         act: step_act,
                     };
                     let cols = nr.min(n - p * nr);
-                    // SAFETY: `tile` points at a packed A panel of `depth x MR`, a W panel of
-                    // `depth x NR`, NR biases, and `r x cols` of `out` that this job owns.
+                    // SAFETY: `tile` points at a packed A panel of `words x MR`, a W panel of
+                    // `words x NR`, NR biases, and `r x cols` of `out` that this job owns.
                     unsafe { kern.run(&tile, r, cols) };
                 }
             }
@@ -392,7 +434,7 @@ fn pack_a(
     dst: &mut [f32],
 ) {
     let (mr, depth) = (kern.mr, ks.len());
-    let panel_len = mr * depth.next_multiple_of(KG);
+    let panel_len = mr * depth.div_ceil(kern.k_per_word).next_multiple_of(KG);
     for (panel, r0) in rows.clone().step_by(mr).enumerate() {
         let r = mr.min(rows.end - r0);
         let src = &a[r0 * k + ks.start..(r0 + r - 1) * k + ks.end];
@@ -507,6 +549,66 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The bf16 kernel against the reference on the same bf16-rounded inputs and weights: what
+    /// is left is f32 summation, so the f32 tolerance holds.
+    fn check_bf16(m: usize, n: usize, k: usize) {
+        if Kernel::bf16().is_none() {
+            eprintln!("no AVX-512 BF16 on this CPU: the bf16 kernel cannot run here");
+            assert!(PackedLinear::bf16(&[0.0], &[0.0], 1, 1).is_err());
+            return;
+        }
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter()
+                .map(|x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        };
+        let a = random(m * k, 4, 1.0);
+        let weight = random(n * k, 5, (3.0 / k.max(1) as f32).sqrt());
+        let bias = random(n, 6, 1.0);
+        let x = Reference.tensor(&round(a.clone()), m, k).unwrap();
+        let lin = Reference
+            .linear(&round(weight.clone()), &bias, n, k)
+            .unwrap();
+        let w = PackedLinear::bf16(&weight, &bias, n, k).unwrap();
+        assert!(w.is_bf16());
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for act in ACTIVATIONS {
+                let want = Reference.matmul(&x, &lin, act).unwrap().data;
+                let mut got = vec![f32::NAN; m * n];
+                linear(&a, m, &w, act, &mut got, &pool).unwrap();
+                for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                    let (g, r) = (g as f64, r as f64);
+                    assert!(
+                        (g - r).abs() <= ATOL + RTOL * r.abs(),
+                        "bf16 [{m}, {n}, {k}] {act:?} on {threads} threads: out[{}, {}] = {g}, want {r}",
+                        i / n,
+                        i % n,
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_kernel_on_odd_depths_and_ragged_edges() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 5, 0),
+            (1, 37, 5),
+            (67, 33, 129),
+            (13, 47, 385),
+            (31, 1152, 384),
+            (5, 9, 4099),
+            (3, 40, 8201),
+        ] {
+            check_bf16(m, n, k);
         }
     }
 

@@ -16,6 +16,8 @@ use simd::Isa;
 /// The CPU backend: the best instruction set of this CPU and a pool of worker threads.
 pub struct Cpu {
     isa: Isa,
+    /// Linear layers in bf16 ([`PackedLinear::bf16`]); attention and row ops stay f32.
+    bf16: bool,
     pool: rayon::ThreadPool,
 }
 
@@ -47,7 +49,18 @@ impl Cpu {
             .thread_name(|i| format!("bge-cpu-{i}"))
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
-        Ok(Cpu { isa, pool })
+        Ok(Cpu {
+            isa,
+            bf16: false,
+            pool,
+        })
+    }
+
+    /// The same backend with its linear layers in bf16 (AVX-512 BF16); an error on CPUs
+    /// without it.
+    pub fn bf16(self) -> Result<Self> {
+        PackedLinear::bf16(&[0.0], &[0.0], 1, 1)?;
+        Ok(Cpu { bf16: true, ..self })
     }
 
     /// The worker threads.
@@ -90,7 +103,15 @@ impl Backend for Cpu {
     type Batch = PackedBatch;
 
     fn describe(&self) -> String {
-        format!("cpu ({}, {} threads, f32)", self.isa.name(), self.threads())
+        let precision = match self.bf16 {
+            true => "bf16 linear layers, f32 sums",
+            false => "f32",
+        };
+        format!(
+            "cpu ({}, {} threads, {precision})",
+            self.isa.name(),
+            self.threads()
+        )
     }
 
     fn adapter(&self) -> String {
@@ -117,7 +138,10 @@ impl Backend for Cpu {
     }
 
     fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<PackedLinear> {
-        PackedLinear::with_isa(weight, bias, out, inp, self.isa)
+        match self.bf16 {
+            true => PackedLinear::bf16(weight, bias, out, inp),
+            false => PackedLinear::with_isa(weight, bias, out, inp, self.isa),
+        }
     }
 
     fn batch(&self, batch: &PackedBatch) -> Result<PackedBatch> {

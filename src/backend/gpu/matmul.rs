@@ -81,6 +81,7 @@ pub(super) fn matmul(
     };
     let (kernel, side) = match (w.dtype, gpu.options.matmul) {
         (Dtype::F16, _) => (&TILED_F16, TILE),
+        (Dtype::Bf16, _) => unreachable!("Gpu::new refuses bf16"),
         (Dtype::F32, MatmulKernel::Tiled) => (&TILED, TILE),
         (Dtype::F32, MatmulKernel::Naive) => (&NAIVE, 16),
     };

@@ -145,6 +145,11 @@ pub struct GpuBatch {
 impl Gpu {
     pub fn new(options: GpuOptions) -> Result<Self> {
         let ctx = Context::shared(options.adapter)?;
+        if options.dtype == Dtype::Bf16 {
+            return Err(Error::InvalidArgument(
+                "--dtype bf16 is for the CPU backend; on a GPU use --dtype f16".into(),
+            ));
+        }
         if options.dtype == Dtype::F16 && !ctx.has_f16() {
             return Err(Error::Gpu(format!(
                 "{} has no f16 shader support (SHADER_F16); use --dtype f32",
@@ -275,6 +280,7 @@ impl Backend for Gpu {
         let weights = match self.options.dtype {
             Dtype::F32 => "f32",
             Dtype::F16 => "f16 weights, f32 activations",
+            Dtype::Bf16 => unreachable!("Gpu::new refuses bf16"),
         };
         format!("wgpu on {} [{weights}]", self.ctx.describe())
     }
@@ -374,6 +380,7 @@ impl Backend for Gpu {
                 let half: Vec<half::f16> = weight.iter().map(|&w| half::f16::from_f32(w)).collect();
                 self.upload(bytemuck::cast_slice(&half), "weight")?
             }
+            Dtype::Bf16 => unreachable!("Gpu::new refuses bf16"),
         };
         Ok(GpuLinear {
             weight,
