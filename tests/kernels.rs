@@ -72,7 +72,10 @@ fn stored(w: &[f32], dtype: Dtype) -> Vec<f32> {
     match dtype {
         Dtype::F32 => w.to_vec(),
         Dtype::F16 => w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
-        Dtype::Bf16 => w.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect(),
+        Dtype::Bf16 => w
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect(),
     }
 }
 
