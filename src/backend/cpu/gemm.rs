@@ -30,6 +30,7 @@
 //! ```
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
@@ -220,6 +221,19 @@ pub fn linear(
     out: &mut [f32],
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
+    linear_on(a, m, w, act, as_uninit(out), Some(pool))
+}
+
+/// [`linear`] into memory that need not be initialised (a fresh `Vec::with_capacity`), which
+/// saves zeroing the output first; when it returns `Ok`, every element of `out` is written.
+pub fn linear_uninit(
+    a: &[f32],
+    m: usize,
+    w: &PackedLinear,
+    act: Activation,
+    out: &mut [MaybeUninit<f32>],
+    pool: &rayon::ThreadPool,
+) -> Result<()> {
     linear_on(a, m, w, act, out, Some(pool))
 }
 
@@ -232,7 +246,14 @@ pub fn linear_here(
     act: Activation,
     out: &mut [f32],
 ) -> Result<()> {
-    linear_on(a, m, w, act, out, None)
+    linear_on(a, m, w, act, as_uninit(out), None)
+}
+
+/// `out` as memory that is only written to.
+fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the callee writes only
+    // initialised values, so `out` stays initialised.
+    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 fn linear_on(
@@ -240,7 +261,7 @@ fn linear_on(
     m: usize,
     w: &PackedLinear,
     act: Activation,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     pool: Option<&rayon::ThreadPool>,
 ) -> Result<()> {
     let (n, k) = (w.n, w.k);
@@ -261,7 +282,9 @@ fn linear_on(
         _ => 1,
     };
     let jobs = Jobs::new(m, n.div_ceil(w.kernel.nr), w.kernel.mr, threads);
-    let out = OutPtr(out.as_mut_ptr());
+    // Every tile is written on the first k-block (from the bias) before a later block or a
+    // partial tile's copy reads it back, so uninitialised memory is never read.
+    let out = OutPtr(out.as_mut_ptr().cast());
     let run = |j: usize| {
         let (rows, panels) = jobs.job(j);
         // SAFETY: `out` holds `[m, n]`, and the jobs of `Jobs` cover disjoint tiles of it.

@@ -174,9 +174,23 @@ impl Backend for Cpu {
 
     fn matmul(&self, x: &Matrix, w: &PackedLinear, act: Activation) -> Result<Matrix> {
         // x: [T, in] -> [T, out]
-        let mut out = zeros(x.rows, w.out());
-        gemm::linear(&x.data, x.rows, w, act, &mut out.data, &self.pool)?;
-        Ok(out)
+        let len = x.rows * w.out();
+        let mut data = Vec::with_capacity(len);
+        gemm::linear_uninit(
+            &x.data,
+            x.rows,
+            w,
+            act,
+            &mut data.spare_capacity_mut()[..len],
+            &self.pool,
+        )?;
+        // SAFETY: `linear_uninit` returned Ok, so it wrote all `len` elements.
+        unsafe { data.set_len(len) };
+        Ok(Matrix {
+            data,
+            rows: x.rows,
+            cols: w.out(),
+        })
     }
 
     fn layer_norm(

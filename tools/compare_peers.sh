@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Side-by-side CPU comparison of `bge bench` with the peers of shared/tools/peers (PyTorch,
+# ONNX Runtime plain and fused), one configuration at a time, each system right after the
+# other, after waiting for an idle machine. Appends JSON lines to $OUT.
+#
+#   PEERS=../shared/tools/peers PYTHON=/tmp/peerenv/bin/python OUT=/tmp/compare.jsonl \
+#       bash tools/compare_peers.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PEERS=${PEERS:-../shared/tools/peers}
+PYTHON=${PYTHON:-/tmp/peerenv/bin/python}
+OUT=${OUT:-/tmp/compare.jsonl}
+THREADS=${THREADS:-2}
+SYSTEMS=${SYSTEMS:-torch,ort,ort-fused}
+BGE=target/release/bge
+cargo build --release --quiet
+
+# shape batch seq extra-flags
+CONFIGS=${CONFIGS:-"bge-small 32 128 -
+bge-small 32 128 --ragged
+bge-small 1 32 -
+bge-base 32 128 -
+bge-base 32 128 --ragged
+bge-base 1 32 -"}
+
+while read -r shape batch seq extra; do
+    [ "$extra" = "-" ] && extra=""
+    "$PYTHON" "$PEERS/quiet.py" wait --max-wait 600 || echo "machine not idle; timing anyway" >&2
+    for dtype in f32 bf16; do
+        $BGE bench --shape "$shape" --batch "$batch" --seq "$seq" $extra --device cpu \
+            --dtype "$dtype" --threads "$THREADS" --warmup 2 --iters 10 >>"$OUT"
+    done
+    (cd "$PEERS" && "$PYTHON" peer_bench.py --shape "$shape" --batch "$batch" --seq "$seq" \
+        $extra --threads "$THREADS" --systems "$SYSTEMS" 2>/dev/null) | grep '^{' >>"$OUT"
+done <<<"$CONFIGS"
