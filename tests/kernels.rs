@@ -122,6 +122,10 @@ fn matmul_with_every_activation_and_awkward_shape_on<B: Backend>(cases: &[Case<B
         (7, 300, 100),
         (200, 3, 1030),
         (5, 9, 4099),
+        (3, 40, 8200),
+        (31, 1152, 384),
+        (100, 768, 96),
+        (4096, 70, 64),
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let x = random(m * k, 1.0, 10 + i as u64);
@@ -165,6 +169,77 @@ fn gelu_matches_erf_across_its_range_on<B: Backend>(cases: &[Case<B>]) {
             matmul(&Reference, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
         )
     });
+}
+
+/// The CPU's AVX-512 BF16 linear layers against the reference given the same bf16-rounded
+/// weights and inputs: what is left is f32 summation, so the f32 tolerance holds. Where the
+/// CPU lacks the instructions, `--dtype bf16` must be a clear error instead.
+#[test]
+fn bf16_matmul_on_the_cpu() {
+    let cases: Vec<Case<Cpu>> = match Cpu::new(Some(3)).and_then(Cpu::bf16) {
+        Ok(backend) => vec![Case {
+            name: "cpu bf16 x3".into(),
+            backend,
+            weight_dtype: Dtype::Bf16,
+        }],
+        Err(e) => {
+            assert!(e.to_string().contains("AVX-512 BF16"), "{e}");
+            return;
+        }
+    };
+    let shapes = [
+        (1, 1, 1),
+        (1, 37, 5),
+        (67, 33, 129),
+        (13, 47, 385),
+        (31, 1152, 384),
+        (3, 40, 8201),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let x = random(m * k, 1.0, 40 + i as u64);
+        let w = random(n * k, 1.0 / (k as f32).sqrt(), 50 + i as u64);
+        let bias = random(n, 0.5, 60 + i as u64);
+        for act in [
+            Activation::None,
+            Activation::Gelu,
+            Activation::Tanh,
+            Activation::Relu,
+        ] {
+            check(
+                &cases,
+                &format!("bf16 matmul {m}x{n}x{k} {act:?}"),
+                tol::KERNEL_F32,
+                |c| {
+                    let (x_ref, w_ref) = (stored(&x, c.weight_dtype), stored(&w, c.weight_dtype));
+                    (
+                        matmul(&c.backend, &x, m, k, &w, &bias, act),
+                        matmul(&Reference, &x_ref, m, k, &w_ref, &bias, act),
+                    )
+                },
+            );
+        }
+    }
+}
+
+/// Empty matrices on the CPU: no rows, no outputs, or no inputs (the bias alone).
+#[test]
+fn cpu_matmul_of_empty_shapes() {
+    for c in cpu_cases() {
+        for (m, n, k) in [(0, 5, 3), (4, 0, 3), (3, 5, 0)] {
+            let bias = random(n, 0.5, 7);
+            let got = matmul(
+                &c.backend,
+                &random(m * k, 1.0, 8),
+                m,
+                k,
+                &random(n * k, 1.0, 9),
+                &bias,
+                Activation::None,
+            );
+            let want: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+            assert_eq!(got, want, "{} [{m}, {n}, {k}]", c.name);
+        }
+    }
 }
 
 #[test]

@@ -14,6 +14,17 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// `data` as a `[rows, cols]` matrix; an error if the lengths disagree.
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "tensor [{rows}, {cols}] given {} values",
+                data.len()
+            )));
+        }
+        Ok(Matrix { data, rows, cols })
+    }
+
     fn zeros(rows: usize, cols: usize) -> Self {
         Matrix {
             data: vec![0.0; rows * cols],
@@ -71,16 +82,7 @@ impl Backend for Reference {
     }
 
     fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "tensor data does not match its shape"
-        );
-        Ok(Matrix {
-            data: data.to_vec(),
-            rows,
-            cols,
-        })
+        Matrix::new(data.to_vec(), rows, cols)
     }
 
     fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {

@@ -119,14 +119,7 @@ impl Backend for Cpu {
     }
 
     fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
-        check(rows.checked_mul(cols) == Some(data.len()), || {
-            format!("tensor [{rows}, {cols}] given {} values", data.len())
-        })?;
-        Ok(Matrix {
-            data: data.to_vec(),
-            rows,
-            cols,
-        })
+        Matrix::new(data.to_vec(), rows, cols)
     }
 
     fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
