@@ -25,11 +25,13 @@ bge-base 1 32 -"}
 
 while read -r shape batch seq extra; do
     [ "$extra" = "-" ] && extra=""
+    # A single short sequence takes milliseconds: time many more calls.
+    if [ "$batch" = 1 ]; then runs="--warmup 10 --iters 100"; else runs="--warmup 2 --iters 10"; fi
     "$PYTHON" "$PEERS/quiet.py" wait --max-wait 600 || echo "machine not idle; timing anyway" >&2
     for dtype in f32 bf16; do
         $BGE bench --shape "$shape" --batch "$batch" --seq "$seq" $extra --device cpu \
-            --dtype "$dtype" --threads "$THREADS" --warmup 2 --iters 10 >>"$OUT"
+            --dtype "$dtype" --threads "$THREADS" $runs >>"$OUT"
     done
     (cd "$PEERS" && "$PYTHON" peer_bench.py --shape "$shape" --batch "$batch" --seq "$seq" \
-        $extra --threads "$THREADS" --systems "$SYSTEMS" 2>/dev/null) | grep '^{' >>"$OUT"
+        $extra --threads "$THREADS" --systems "$SYSTEMS" $runs 2>/dev/null) | grep '^{' >>"$OUT"
 done <<<"$CONFIGS"
