@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side CPU comparison of `bge bench` with the peers of shared/tools/peers (PyTorch,
-# ONNX Runtime plain and fused), one configuration at a time, each system right after the
-# other, after waiting for an idle machine. Appends JSON lines to $OUT.
+# ONNX Runtime plain and fused, and candle when CANDLE names a built candle-peer binary), one
+# configuration at a time, each system right after the other, after waiting for an idle
+# machine. Appends JSON lines to $OUT.
 #
 #   PEERS=../shared/tools/peers PYTHON=/tmp/peerenv/bin/python OUT=/tmp/compare.jsonl \
 #       bash tools/compare_peers.sh
@@ -34,4 +35,8 @@ while read -r shape batch seq extra; do
     done
     (cd "$PEERS" && "$PYTHON" peer_bench.py --shape "$shape" --batch "$batch" --seq "$seq" \
         $extra --threads "$THREADS" --systems "$SYSTEMS" $runs 2>/dev/null) | grep '^{' >>"$OUT"
+    if [ -n "${CANDLE:-}" ]; then
+        RAYON_NUM_THREADS=$THREADS "$CANDLE" --shape "$shape" --batch "$batch" --seq "$seq" \
+            $extra --threads "$THREADS" $runs 2>/dev/null | grep '^{' >>"$OUT"
+    fi
 done <<<"$CONFIGS"

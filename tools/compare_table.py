@@ -10,7 +10,7 @@ Throughput rows (batch > 1) compare real tokens per second (higher is better); l
 import json
 import sys
 
-PEERS = ["torch", "ort", "ort-fused"]
+PEERS = ["torch", "ort", "ort-fused", "candle"]
 
 
 def main(path):
