@@ -330,7 +330,7 @@ fn attention<B: Backend>(b: &B, qkv: &[f32], lens: &[usize], h: usize, heads: us
 }
 
 fn attention_stays_inside_each_sequence_on<B: Backend>(cases: &[Case<B>]) {
-    let configs: [(&[usize], usize, usize); 7] = [
+    let configs: [(&[usize], usize, usize); 9] = [
         (&[1], 4, 1),
         (&[1, 7, 70], 8, 2),
         (&[65, 3], 32, 4),
@@ -338,6 +338,10 @@ fn attention_stays_inside_each_sequence_on<B: Backend>(cases: &[Case<B>]) {
         (&[17, 1, 200], 128, 1),
         (&[33, 40], 384, 12),
         (&[2, 2, 2, 2, 90], 48, 3),
+        // Ten heads of one sequence: the CPU's groups of heads come out uneven.
+        (&[50], 160, 10),
+        // Either side of the CPU's whole-sequence query block.
+        (&[192, 193], 64, 2),
     ];
     for (i, &(lens, h, heads)) in configs.iter().enumerate() {
         let tokens: usize = lens.iter().sum();

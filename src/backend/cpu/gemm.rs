@@ -129,47 +129,41 @@ impl PackedLinear {
         Ok(w)
     }
 
-    /// Packs a weight given row by row (`n` rows, each `w[row, ..k]`), with zero bias: attention
-    /// packs its keys this way, straight from the QKV activations. The ISA must be available.
-    pub(super) fn from_rows<'a>(
-        rows: impl Iterator<Item = &'a [f32]>,
-        n: usize,
-        k: usize,
-        isa: Isa,
-    ) -> Self {
+    /// Packs a weight given row by row (`n` rows, each `w[row, ..k]`), with zero bias.
+    fn from_rows<'a>(rows: impl Iterator<Item = &'a [f32]>, n: usize, k: usize, isa: Isa) -> Self {
         let mut w = Self::zeros(n, k, isa);
-        let nr = w.kernel.nr;
-        for (row, w_row) in rows.enumerate().take(n) {
-            let (p, j) = (row / nr, row % nr);
-            let panel = &mut w.panels.as_mut_slice()[p * k * nr..(p + 1) * k * nr];
-            for (dst, &x) in panel[j..].iter_mut().step_by(nr).zip(&w_row[..k]) {
-                *dst = x;
-            }
+        for (i, row) in rows.enumerate().take(n) {
+            w.set_row(i, row);
         }
         w
     }
 
-    /// Packs a weight given column by column (`k` columns, each `w[..n, kk]`), with zero bias:
-    /// attention packs `V^T` this way from the rows of `V`, each a contiguous copy.
-    pub(super) fn from_columns<'a>(
-        columns: impl Iterator<Item = &'a [f32]>,
-        n: usize,
-        k: usize,
-        isa: Isa,
-    ) -> Self {
-        let mut w = Self::zeros(n, k, isa);
-        let nr = w.kernel.nr;
-        let panels = w.panels.as_mut_slice();
-        for (kk, column) in columns.enumerate().take(k) {
-            for (p, part) in column[..n].chunks(nr).enumerate() {
-                panels[(p * k + kk) * nr..][..part.len()].copy_from_slice(part);
-            }
+    /// Sets row `i` of the f32 weight, `w[i, ..k]`: attention packs its keys this way,
+    /// straight from the QKV activations.
+    pub(super) fn set_row(&mut self, i: usize, row: &[f32]) {
+        debug_assert_eq!(self.kernel.k_per_word, 1);
+        let (nr, k) = (self.kernel.nr, self.k);
+        let (p, j) = (i / nr, i % nr);
+        let panel = &mut self.panels.as_mut_slice()[p * k * nr..(p + 1) * k * nr];
+        for (dst, &x) in panel[j..].iter_mut().step_by(nr).zip(&row[..k]) {
+            *dst = x;
         }
-        w
     }
 
-    /// An all-zero `[n, k]` layer for the f32 kernel of `isa`.
-    fn zeros(n: usize, k: usize, isa: Isa) -> Self {
+    /// Sets column `kk` of the f32 weight, `w[..n, kk]`: attention packs `V^T` this way from
+    /// the rows of `V`, each a run of contiguous copies.
+    pub(super) fn set_column(&mut self, kk: usize, column: &[f32]) {
+        debug_assert_eq!(self.kernel.k_per_word, 1);
+        let (nr, k) = (self.kernel.nr, self.k);
+        let panels = self.panels.as_mut_slice();
+        for (p, part) in column[..self.n].chunks(nr).enumerate() {
+            panels[(p * k + kk) * nr..][..part.len()].copy_from_slice(part);
+        }
+    }
+
+    /// An all-zero `[n, k]` layer for the f32 kernel of `isa` (an available one), with zero
+    /// bias.
+    pub(super) fn zeros(n: usize, k: usize, isa: Isa) -> Self {
         Self::zeros_for(n, k, Kernel::for_isa(isa))
     }
 
@@ -221,7 +215,7 @@ pub fn linear(
     out: &mut [f32],
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
-    linear_on(a, m, w, act, as_uninit(out), Some(pool))
+    linear_uninit(a, m, w, act, as_uninit(out), pool)
 }
 
 /// [`linear`] into memory that need not be initialised (a fresh `Vec::with_capacity`), which
@@ -234,19 +228,56 @@ pub fn linear_uninit(
     out: &mut [MaybeUninit<f32>],
     pool: &rayon::ThreadPool,
 ) -> Result<()> {
-    linear_on(a, m, w, act, out, Some(pool))
+    let (n, k) = (w.n, w.k);
+    if m.checked_mul(k) != Some(a.len()) || m.checked_mul(n) != Some(out.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "linear [{m}, {k}] x [{n}, {k}]^T: got {} inputs and room for {} outputs",
+            a.len(),
+            out.len()
+        )));
+    }
+    // SAFETY: `out` holds the `[m, n]` output, borrowed mutably until the call returns.
+    unsafe {
+        linear_on(
+            a,
+            k,
+            m,
+            w,
+            act,
+            OutPtr(out.as_mut_ptr().cast()),
+            n,
+            Some(pool),
+        )
+    };
+    Ok(())
 }
 
-/// [`linear`] on the calling thread only: for callers that are themselves one of many
-/// parallel tasks (attention runs one per sequence and head).
-pub fn linear_here(
+/// [`linear`] on the calling thread only, for callers that are themselves one of many parallel
+/// tasks (attention runs one per sequence and head), with strided rows: row `i` of `a` is
+/// `a[i * lda..][..K]`, and row `i` of the output goes to `out[i * ldc..][..N]`.
+///
+/// # Safety
+/// `out` is valid for writes at `i * ldc + j` for `i < m`, `j < N`, and nothing else reads or
+/// writes those elements during the call.
+pub(super) unsafe fn linear_strided_here(
     a: &[f32],
+    lda: usize,
     m: usize,
     w: &PackedLinear,
     act: Activation,
-    out: &mut [f32],
+    out: *mut f32,
+    ldc: usize,
 ) -> Result<()> {
-    linear_on(a, m, w, act, as_uninit(out), None)
+    let (n, k) = (w.n, w.k);
+    if m > 0 && (lda < k || ldc < n || (m - 1) * lda + k > a.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "linear [{m}, {k}] x [{n}, {k}]^T: {} inputs at stride {lda}, outputs at stride {ldc}",
+            a.len(),
+        )));
+    }
+    // SAFETY: the caller's guarantee for `out`; `a` was checked above.
+    unsafe { linear_on(a, lda, m, w, act, OutPtr(out), ldc, None) };
+    Ok(())
 }
 
 /// `out` as memory that is only written to.
@@ -256,24 +287,25 @@ fn as_uninit(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
-fn linear_on(
+/// The linear layer over rows `a[i * lda..][..K]` into `out[i * ldc..][..N]`, `i < m`.
+///
+/// # Safety
+/// `a` holds the `m` rows, and `out` is valid for writes at `i * ldc + j` (`i < m`, `j < N`)
+/// that nothing else touches during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn linear_on(
     a: &[f32],
+    lda: usize,
     m: usize,
     w: &PackedLinear,
     act: Activation,
-    out: &mut [MaybeUninit<f32>],
+    out: OutPtr,
+    ldc: usize,
     pool: Option<&rayon::ThreadPool>,
-) -> Result<()> {
+) {
     let (n, k) = (w.n, w.k);
-    if m.checked_mul(k) != Some(a.len()) || m.checked_mul(n) != Some(out.len()) {
-        return Err(Error::InvalidArgument(format!(
-            "linear [{m}, {k}] x [{n}, {k}]^T: got {} inputs and room for {} outputs",
-            a.len(),
-            out.len()
-        )));
-    }
     if m == 0 || n == 0 {
-        return Ok(());
+        return;
     }
     let threads = match pool {
         Some(pool) if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MIN_MACS => {
@@ -284,11 +316,12 @@ fn linear_on(
     let jobs = Jobs::new(m, n.div_ceil(w.kernel.nr), w.kernel.mr, threads);
     // Every tile is written on the first k-block (from the bias) before a later block or a
     // partial tile's copy reads it back, so uninitialised memory is never read.
-    let out = OutPtr(out.as_mut_ptr().cast());
+    let operands = Operands { a, lda, out, ldc };
     let run = |j: usize| {
         let (rows, panels) = jobs.job(j);
-        // SAFETY: `out` holds `[m, n]`, and the jobs of `Jobs` cover disjoint tiles of it.
-        PACKED_A.with_borrow_mut(|buf| unsafe { run_job(w, a, act, &out, rows, panels, buf) });
+        // SAFETY: the caller's guarantee for `out`, and the jobs of `Jobs` cover disjoint
+        // tiles of it.
+        PACKED_A.with_borrow_mut(|buf| unsafe { run_job(w, &operands, act, rows, panels, buf) });
     };
     match pool {
         Some(pool) if threads > 1 => {
@@ -296,7 +329,6 @@ fn linear_on(
         }
         _ => (0..jobs.count()).for_each(run),
     }
-    Ok(())
 }
 
 /// How the output (`m` rows = `m_panels` row panels, `n_panels` column panels) is cut into
@@ -367,9 +399,17 @@ fn even_split(len: usize, parts: usize, i: usize) -> Range<usize> {
 
 /// The output matrix, shared by jobs that write disjoint tiles of it.
 struct OutPtr(*mut f32);
-// SAFETY: jobs only write disjoint tiles through the pointer (see `Jobs`), and `linear` holds
-// the `&mut` borrow of the whole matrix until every job has finished.
+// SAFETY: jobs only write disjoint tiles through the pointer (see `Jobs`), and `linear_on`'s
+// caller keeps the output to itself until every job has finished.
 unsafe impl Sync for OutPtr {}
+
+/// A call's input rows (`a[i * lda..]`) and output rows (`out[i * ldc..]`).
+struct Operands<'a> {
+    a: &'a [f32],
+    lda: usize,
+    out: OutPtr,
+    ldc: usize,
+}
 
 thread_local! {
     /// Each thread's packed rows of `A` (see [`pack_a`]): grown when a job needs more,
@@ -380,12 +420,11 @@ thread_local! {
 /// Computes `out[rows, panels]` (see the module comment for the loop nest).
 ///
 /// # Safety
-/// `out` points at the `[m, N]` output, and no other thread touches `out[rows, panels]`.
+/// `ops` satisfies [`linear_on`]'s contract, and no other thread touches `out[rows, panels]`.
 unsafe fn run_job(
     w: &PackedLinear,
-    a: &[f32],
+    ops: &Operands,
     act: Activation,
-    out: &OutPtr,
     rows: Range<usize>,
     panels: Range<usize>,
     packed_a: &mut AlignedVec,
@@ -405,8 +444,8 @@ unsafe fn run_job(
         let words = ks.len().div_ceil(kpw);
         let panel_len = mr * words.next_multiple_of(KG);
         pack_a(
-            a,
-            k,
+            ops.a,
+            ops.lda,
             rows.clone(),
             ks.clone(),
             kern,
@@ -432,8 +471,8 @@ unsafe fn run_job(
                             std::ptr::null()
                         },
                         // SAFETY: row r0 < m, column p * NR < n: inside `out`.
-                        c: unsafe { out.0.add(r0 * n + p * nr) },
-                        ldc: n,
+                        c: unsafe { ops.out.0.add(r0 * ops.ldc + p * nr) },
+                        ldc: ops.ldc,
                         act: step_act,
                     };
                     let cols = nr.min(n - p * nr);
@@ -446,11 +485,11 @@ unsafe fn run_job(
     }
 }
 
-/// Packs `a[rows, ks]` into row panels `MR` tall, each `[depth / KG][MR][KG]` (see
-/// `kernel::pack_panel`).
+/// Packs `a[rows, ks]` (row `i` at `a[i * lda..]`) into row panels `MR` tall, each
+/// `[depth / KG][MR][KG]` (see `kernel::pack_panel`).
 fn pack_a(
     a: &[f32],
-    k: usize,
+    lda: usize,
     rows: Range<usize>,
     ks: Range<usize>,
     kern: &Kernel,
@@ -460,10 +499,10 @@ fn pack_a(
     let panel_len = mr * depth.div_ceil(kern.k_per_word).next_multiple_of(KG);
     for (panel, r0) in rows.clone().step_by(mr).enumerate() {
         let r = mr.min(rows.end - r0);
-        let src = &a[r0 * k + ks.start..(r0 + r - 1) * k + ks.end];
+        let src = &a[r0 * lda + ks.start..(r0 + r - 1) * lda + ks.end];
         let dst = &mut dst[panel * panel_len..(panel + 1) * panel_len];
         // SAFETY: `src` holds rows `r0 .. r0 + r` of the k-block and `dst` one packed panel.
-        unsafe { kern.pack(src.as_ptr(), k, r, depth, dst.as_mut_ptr()) };
+        unsafe { kern.pack(src.as_ptr(), lda, r, depth, dst.as_mut_ptr()) };
     }
 }
 

@@ -7,6 +7,8 @@ pub mod gemm;
 pub mod rows;
 pub mod simd;
 
+use std::mem::MaybeUninit;
+
 use super::reference::Matrix;
 use super::{Activation, Backend, PackedBatch};
 use crate::error::{Error, Result};
@@ -88,6 +90,24 @@ fn zeros(rows: usize, cols: usize) -> Matrix {
     }
 }
 
+/// A `[rows, cols]` matrix filled by `fill` from uninitialised memory, which saves zeroing
+/// it first.
+///
+/// # Safety
+/// When `fill` returns `Ok`, it has written every element.
+unsafe fn written(
+    rows: usize,
+    cols: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]) -> Result<()>,
+) -> Result<Matrix> {
+    let len = rows * cols;
+    let mut data = Vec::with_capacity(len);
+    fill(&mut data.spare_capacity_mut()[..len])?;
+    // SAFETY: the caller's guarantee.
+    unsafe { data.set_len(len) };
+    Ok(Matrix { data, rows, cols })
+}
+
 fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -167,23 +187,12 @@ impl Backend for Cpu {
 
     fn matmul(&self, x: &Matrix, w: &PackedLinear, act: Activation) -> Result<Matrix> {
         // x: [T, in] -> [T, out]
-        let len = x.rows * w.out();
-        let mut data = Vec::with_capacity(len);
-        gemm::linear_uninit(
-            &x.data,
-            x.rows,
-            w,
-            act,
-            &mut data.spare_capacity_mut()[..len],
-            &self.pool,
-        )?;
-        // SAFETY: `linear_uninit` returned Ok, so it wrote all `len` elements.
-        unsafe { data.set_len(len) };
-        Ok(Matrix {
-            data,
-            rows: x.rows,
-            cols: w.out(),
-        })
+        // SAFETY: `linear_uninit` writes every element when it returns Ok.
+        unsafe {
+            written(x.rows, w.out(), |out| {
+                gemm::linear_uninit(&x.data, x.rows, w, act, out, &self.pool)
+            })
+        }
     }
 
     fn layer_norm(
@@ -201,17 +210,21 @@ impl Backend for Cpu {
                 && residual.is_none_or(|r| r.data.len() == x.data.len()),
             || format!("layer norm over {h} columns: parameter or residual shapes differ"),
         )?;
-        let mut out = zeros(x.rows, h);
-        rows::layer_norm(
-            &self.pool,
-            &x.data,
-            residual.map(|r| r.data.as_slice()),
-            &gamma.data,
-            &beta.data,
-            eps,
-            &mut out.data,
-        );
-        Ok(out)
+        // SAFETY: `rows::layer_norm` writes every row of `out`.
+        unsafe {
+            written(x.rows, h, |out| {
+                rows::layer_norm(
+                    &self.pool,
+                    &x.data,
+                    residual.map(|r| r.data.as_slice()),
+                    &gamma.data,
+                    &beta.data,
+                    eps,
+                    out,
+                );
+                Ok(())
+            })
+        }
     }
 
     fn attention(&self, qkv: &Matrix, batch: &PackedBatch, heads: usize) -> Result<Matrix> {
@@ -226,9 +239,12 @@ impl Backend for Cpu {
                 )
             },
         )?;
-        let mut out = zeros(qkv.rows, h);
-        attention::attention(&self.pool, self.isa, &qkv.data, batch, heads, &mut out.data)?;
-        Ok(out)
+        // SAFETY: `attention::attention` writes every element when it returns Ok.
+        unsafe {
+            written(qkv.rows, h, |out| {
+                attention::attention(&self.pool, self.isa, &qkv.data, batch, heads, out)
+            })
+        }
     }
 
     fn gather_rows(&self, x: &Matrix, rows: &[u32]) -> Result<Matrix> {

@@ -3,6 +3,8 @@
 //! the pool's threads once there is enough work to pay for the hand-off; sums use 16 partial
 //! accumulators so the compiler vectorises them.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::backend::PackedBatch;
@@ -12,11 +14,11 @@ const PARALLEL_ELEMENTS: usize = 1 << 15;
 
 /// Calls `f(row index, output row)` for every row of `out` (`cols` wide), in parallel when
 /// the work is large enough.
-pub fn for_rows(
+pub fn for_rows<T: Send>(
     pool: &rayon::ThreadPool,
-    out: &mut [f32],
+    out: &mut [T],
     cols: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
+    f: impl Fn(usize, &mut [T]) + Sync,
 ) {
     if cols == 0 {
         return;
@@ -104,7 +106,7 @@ pub fn layer_norm(
     gamma: &[f32],            // [h]
     beta: &[f32],             // [h]
     eps: f32,
-    out: &mut [f32], // [T, h]
+    out: &mut [MaybeUninit<f32>], // [T, h], need not be initialised
 ) {
     let h = gamma.len();
     for_rows(pool, out, h, |t, o| {
@@ -113,11 +115,17 @@ pub fn layer_norm(
             Some(r) => {
                 let rr = &r[t * h..(t + 1) * h];
                 for c in 0..h {
-                    o[c] = xr[c] + rr[c];
+                    o[c].write(xr[c] + rr[c]);
                 }
             }
-            None => o.copy_from_slice(xr),
+            None => {
+                for c in 0..h {
+                    o[c].write(xr[c]);
+                }
+            }
         }
+        // SAFETY: every element of `o` was written just above.
+        let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
         let mean = sum(o) / h as f32;
         let inv = 1.0 / (squared_deviation(o, mean) / h as f32 + eps).sqrt();
         for c in 0..h {

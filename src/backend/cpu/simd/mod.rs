@@ -103,6 +103,27 @@ pub trait Simd: Copy {
     fn round(self, a: Self::V) -> Self::V;
     /// `2^n` for integral `n` in `-126..=127` (builds the exponent bits directly).
     fn pow2(self, n: Self::V) -> Self::V;
+
+    /// The lanes of `v`, in the first `LANES` of 16 (off the hot loops: a store and reloads).
+    #[inline(always)]
+    fn lanes(self, v: Self::V) -> [f32; 16] {
+        let mut lanes = [0f32; 16];
+        // SAFETY: `lanes` holds 16 >= LANES floats.
+        unsafe { self.store(lanes.as_mut_ptr(), v) };
+        lanes
+    }
+    /// The sum of the lanes of `v`.
+    #[inline(always)]
+    fn reduce_add(self, v: Self::V) -> f32 {
+        self.lanes(v)[..Self::LANES].iter().sum()
+    }
+    /// The largest lane of `v`.
+    #[inline(always)]
+    fn reduce_max(self, v: Self::V) -> f32 {
+        self.lanes(v)[..Self::LANES]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+    }
 }
 
 /// The one-lane fallback: plain f32 arithmetic, available everywhere.
