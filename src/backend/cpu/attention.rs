@@ -67,9 +67,12 @@ pub fn attention(
     let offsets_ok = batch.offsets.first().is_none_or(|&o| o == 0)
         && batch.offsets.windows(2).all(|w| w[0] <= w[1])
         && batch.offsets.last().is_none_or(|&o| o as usize == t);
-    if !(heads > 0 && h.is_multiple_of(heads) && out.len() == t * h && qkv.len() == 3 * out.len())
-        || !offsets_ok
-    {
+    let fits = heads > 0
+        && h.is_multiple_of(heads)
+        && out.len() == t * h
+        && qkv.len() == 3 * out.len()
+        && offsets_ok;
+    if !fits {
         return Err(Error::InvalidArgument(format!(
             "attention over {t} tokens and {heads} heads: {} inputs, {} outputs, or the \
              sequence offsets, do not fit",
