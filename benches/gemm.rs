@@ -10,11 +10,14 @@
 //! up to 200).
 //! Run it on an idle machine: the load average is printed before and after.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+mod common;
 
 use bge::backend::Activation;
 use bge::backend::cpu::gemm::{PackedLinear, linear};
 use bge::backend::cpu::simd::Isa;
+use common::{loadavg, median_ms, random};
 
 /// (name, hidden size, FFN size) of the BGE encoders.
 const MODELS: [(&str, usize, usize); 3] = [
@@ -25,9 +28,6 @@ const MODELS: [(&str, usize, usize); 3] = [
 
 /// Tokens per call: a large batch, a medium one, and one short sequence (latency).
 const TOKENS: [usize; 3] = [4096, 512, 32];
-
-/// Time spent per shape, after one warm-up call.
-const BUDGET: Duration = Duration::from_millis(400);
 
 fn main() {
     let isa = match std::env::var("BGE_GEMM_ISA") {
@@ -98,40 +98,6 @@ fn main() {
         }
     }
     println!("load average after: {}", loadavg());
-}
-
-/// Median wall time of `f` in milliseconds, over as many calls as fit in [`BUDGET`] (3 to 50).
-fn median_ms(f: &mut impl FnMut()) -> f64 {
-    f();
-    let mut times = Vec::new();
-    let start = Instant::now();
-    while times.len() < 3 || (start.elapsed() < BUDGET && times.len() < 50) {
-        let t = Instant::now();
-        f();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
-/// Uniform values in [-1, 1) from a fixed seed (xorshift64*).
-fn random(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s >> 12;
-            s ^= s << 25;
-            s ^= s >> 27;
-            let bits = s.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
-            bits as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// GFLOP/s of independent register-only FMA chains on every thread of `pool`: the ceiling a
