@@ -1,6 +1,6 @@
 //! The backend contract: the closed list of operations a BERT / XLM-RoBERTa encoder and the BGE
 //! heads are made of. The model code ([`crate::model`]) is written once against this trait; the
-//! [`reference`] backend implements it as plain loops and is the specification every faster
+//! [`reference`](mod@reference) backend implements it as plain loops and is the specification every faster
 //! backend is tested against.
 //!
 //! Conventions shared by every operation (stated here once):

@@ -14,9 +14,9 @@ use crate::model::encoder::load_linear;
 /// Where each head's parameters come from, when the model has it.
 #[derive(Default)]
 pub struct HeadParams<'a> {
-    /// `sparse_linear.pt`: `weight` [1, h], `bias` [1].
+    /// `sparse_linear.pt`: `weight` `[1, h]`, `bias` `[1]`.
     pub sparse: Option<&'a dyn Params>,
-    /// `colbert_linear.pt`: `weight` [h, h], `bias` [h] (FlagEmbedding's `colbert_dim = -1`).
+    /// `colbert_linear.pt`: `weight` `[h, h]`, `bias` `[h]` (FlagEmbedding's `colbert_dim = -1`).
     pub colbert: Option<&'a dyn Params>,
     /// The checkpoint holding `classifier.dense.*` [h, h] and `classifier.out_proj.*`
     /// [labels, h] (`XLMRobertaForSequenceClassification`).

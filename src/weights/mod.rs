@@ -1,7 +1,7 @@
 //! Checkpoint files (safetensors, PyTorch zip), memory-mapped: a name -> (dtype, shape, bytes)
 //! table over the mapping.
 //!
-//! Each format module only parses its header into [`Entry`]s; the bytes are never copied until a
+//! Each format module only parses its header into `Entry`s; the bytes are never copied until a
 //! backend converts a tensor into its own storage, so a 2 GB checkpoint costs one copy, not two.
 
 mod safetensors;

@@ -11,8 +11,8 @@
 //!   of `qkv` once, in order, into per-head Q, packed K and packed V^T (the rows of `qkv` are
 //!   `3h` floats apart, and one head's 32 or 64 of them make a stride the prefetchers do not
 //!   follow), then runs each head on those, in cache.
-//! * Queries go in blocks of at most [`QUERY_BLOCK`] rows (a sequence of up to
-//!   [`WHOLE_SEQUENCE`] tokens is one block), so only `block x n` scores exist at a time:
+//! * Queries go in blocks of at most `QUERY_BLOCK` rows (a sequence of up to
+//!   `WHOLE_SEQUENCE` tokens is one block), so only `block x n` scores exist at a time:
 //!   memory stays linear in the sequence length (bge-m3 takes 8192 tokens).
 //! * Batches are packed (no padding), so a sequence attends to exactly its own tokens and a
 //!   ragged batch costs what its real tokens cost.

@@ -45,6 +45,11 @@ pub(super) struct Tile {
     pub ldc: usize,
     /// Applied to the stored values: the layer's activation on the last k-block, else `None`.
     pub act: Activation,
+    /// Part of the W panel that later calls will read, brought into L2 while this tile
+    /// computes: `prefetch_lines` 64-byte lines per group of [`KG`] words, from `prefetch` on.
+    /// Any address will do (a prefetch never faults); 0 lines for none.
+    pub prefetch: *const f32,
+    pub prefetch_lines: usize,
 }
 
 /// A micro-kernel instantiation for one row count.
@@ -159,8 +164,12 @@ unsafe fn tile<S: Simd, St: Step<S>, const MR: usize, const R: usize, const NV: 
                 };
             }
         }
-        let (mut a, mut w) = (t.a, t.w);
+        let (mut a, mut w, mut next) = (t.a, t.w, t.prefetch);
         for _ in 0..t.k / KG {
+            for _ in 0..t.prefetch_lines {
+                s.prefetch_l2(next);
+                next = next.wrapping_add(16);
+            }
             for kk in 0..KG {
                 St::step::<R, NV>(s, &mut acc, a.add(kk), w.add(kk * NV * lanes));
             }

@@ -1,5 +1,5 @@
 //! Portable SIMD for the CPU kernels: one small trait, [`Simd`], that each instruction set
-//! implements with a handful of intrinsics ([`x86`], [`aarch64`], and the one-lane [`Scalar`]
+//! implements with a handful of intrinsics ([`x86`], `aarch64`, and the one-lane [`Scalar`]
 //! below), and the vector maths written once on top of it ([`exp`], [`gelu`], [`tanh`]).
 //!
 //! A value of an instruction set's token type (`x86::Avx512`, ...) can only be made where the
@@ -103,6 +103,13 @@ pub trait Simd: Copy {
     fn round(self, a: Self::V) -> Self::V;
     /// `2^n` for integral `n` in `-126..=127` (builds the exponent bits directly).
     fn pow2(self, n: Self::V) -> Self::V;
+
+    /// Asks for the cache line holding `p` to be brought into the L2 cache; any address will do
+    /// (a prefetch never faults). A no-op where the instruction set has no such hint here.
+    #[inline(always)]
+    fn prefetch_l2(self, p: *const f32) {
+        let _ = p;
+    }
 
     /// The lanes of `v`, in the first `LANES` of 16 (off the hot loops: a store and reloads).
     #[inline(always)]
