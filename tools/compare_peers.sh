@@ -2,7 +2,9 @@
 # Side-by-side CPU comparison of `bge bench` with the peers of shared/tools/peers (PyTorch,
 # ONNX Runtime plain and fused, and candle when CANDLE names a built candle-peer binary), one
 # configuration at a time, each system right after the other, after waiting for an idle
-# machine. Appends JSON lines to $OUT.
+# machine. Appends JSON lines to $OUT. ROUNDS=n goes through the configurations n times (the
+# single-call latency rows move by 10-30% from one minute to the next on a shared machine:
+# tools/compare_table.py then takes the median of the per-round ratios).
 #
 #   PEERS=../shared/tools/peers PYTHON=/tmp/peerenv/bin/python OUT=/tmp/compare.jsonl \
 #       bash tools/compare_peers.sh
@@ -13,6 +15,7 @@ PYTHON=${PYTHON:-/tmp/peerenv/bin/python}
 OUT=${OUT:-/tmp/compare.jsonl}
 THREADS=${THREADS:-2}
 SYSTEMS=${SYSTEMS:-torch,ort,ort-fused}
+ROUNDS=${ROUNDS:-1}
 BGE=target/release/bge
 cargo build --release --quiet
 
@@ -24,19 +27,26 @@ bge-base 32 128 -
 bge-base 32 128 --ragged
 bge-base 1 32 -"}
 
-while read -r shape batch seq extra; do
-    [ "$extra" = "-" ] && extra=""
-    # A single short sequence takes milliseconds: time many more calls.
-    if [ "$batch" = 1 ]; then runs="--warmup 10 --iters 100"; else runs="--warmup 2 --iters 10"; fi
-    "$PYTHON" "$PEERS/quiet.py" wait --max-wait 600 || echo "machine not idle; timing anyway" >&2
-    for dtype in f32 bf16; do
-        $BGE bench --shape "$shape" --batch "$batch" --seq "$seq" $extra --device cpu \
-            --dtype "$dtype" --threads "$THREADS" $runs >>"$OUT"
-    done
-    (cd "$PEERS" && "$PYTHON" peer_bench.py --shape "$shape" --batch "$batch" --seq "$seq" \
-        $extra --threads "$THREADS" --systems "$SYSTEMS" $runs 2>/dev/null) | grep '^{' >>"$OUT"
-    if [ -n "${CANDLE:-}" ]; then
-        RAYON_NUM_THREADS=$THREADS "$CANDLE" --shape "$shape" --batch "$batch" --seq "$seq" \
-            $extra --threads "$THREADS" $runs 2>/dev/null | grep '^{' >>"$OUT"
-    fi
-done <<<"$CONFIGS"
+# Every configuration once, each system right after the other.
+one_round() {
+    while read -r shape batch seq extra; do
+        [ "$extra" = "-" ] && extra=""
+        # A single short sequence takes milliseconds: time many more calls.
+        if [ "$batch" = 1 ]; then runs="--warmup 10 --iters 100"; else runs="--warmup 2 --iters 10"; fi
+        "$PYTHON" "$PEERS/quiet.py" wait --max-wait 600 || echo "machine not idle; timing anyway" >&2
+        for dtype in f32 bf16; do
+            $BGE bench --shape "$shape" --batch "$batch" --seq "$seq" $extra --device cpu \
+                --dtype "$dtype" --threads "$THREADS" $runs >>"$OUT"
+        done
+        (cd "$PEERS" && "$PYTHON" peer_bench.py --shape "$shape" --batch "$batch" --seq "$seq" \
+            $extra --threads "$THREADS" --systems "$SYSTEMS" $runs 2>/dev/null) | grep '^{' >>"$OUT"
+        if [ -n "${CANDLE:-}" ]; then
+            RAYON_NUM_THREADS=$THREADS "$CANDLE" --shape "$shape" --batch "$batch" --seq "$seq" \
+                $extra --threads "$THREADS" $runs 2>/dev/null | grep '^{' >>"$OUT"
+        fi
+    done <<<"$CONFIGS"
+}
+
+for _ in $(seq "$ROUNDS"); do
+    one_round
+done
