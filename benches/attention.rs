@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use bge::backend::PackedBatch;
 use bge::backend::cpu::attention::attention;
 use bge::backend::cpu::simd::Isa;
-use common::{loadavg, median_ms, random};
+use common::{loadavg, median_ms, pool, random};
 
 /// (model, hidden size, heads, sequences, tokens per sequence, ragged).
 const WORKLOADS: [(&str, usize, usize, usize, usize, bool); 8] = [
@@ -30,10 +30,7 @@ const WORKLOADS: [(&str, usize, usize, usize, usize, bool); 8] = [
 const THREADS: usize = 2;
 
 fn main() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(THREADS)
-        .build()
-        .expect("a thread pool");
+    let pool = pool(THREADS);
     let isa = Isa::best();
     println!(
         "attention bench: isa {}, {THREADS} threads, load average {}",

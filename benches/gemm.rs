@@ -17,7 +17,7 @@ mod common;
 use bge::backend::Activation;
 use bge::backend::cpu::gemm::{PackedLinear, linear};
 use bge::backend::cpu::simd::Isa;
-use common::{loadavg, median_ms, random};
+use common::{loadavg, median_ms, pool, random};
 
 /// (name, hidden size, FFN size) of the BGE encoders.
 const MODELS: [(&str, usize, usize); 3] = [
@@ -59,10 +59,7 @@ fn main() {
         "model", "layer", "M", "N", "K", "act", "thr", "median ms", "GFLOP/s", "%peak"
     );
     for threads in [2, 1] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("cannot start the bench's thread pool");
+        let pool = pool(threads);
         let peak = fma_peak_gflops(isa, &pool);
         for (model, h, f) in MODELS {
             let layers = [

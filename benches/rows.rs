@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 
 use bge::backend::PackedBatch;
 use bge::backend::cpu::rows::{embed, layer_norm};
-use common::{loadavg, median_ms, random};
+use common::{loadavg, median_ms, pool, random};
 use rayon::prelude::*;
 
 /// (model, tokens T, hidden size h).
@@ -34,10 +34,7 @@ const VOCAB: usize = 30522;
 const POSITIONS: usize = 512;
 
 fn main() {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(THREADS)
-        .build()
-        .expect("a thread pool");
+    let pool = pool(THREADS);
     println!("rows bench: {THREADS} threads, load average {}", loadavg());
     println!(
         "{:<6} {:>5} {:>5} {:>10} {:>10} {:>10} {:>8}",

@@ -33,6 +33,14 @@ pub fn random(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// A rayon pool of `threads` threads for the bench to run in.
+pub fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("cannot start the bench's thread pool")
+}
+
 /// The load average of the last 1, 5 and 15 minutes.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
