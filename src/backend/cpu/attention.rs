@@ -22,6 +22,7 @@
 //! * Arithmetic: f32 dot products (FMA) and f32 softmax sums; the exponential is the SIMD
 //!   [`simd::exp`] (within 2 ulps).
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -123,14 +124,69 @@ unsafe fn sequence(
     isa: Isa,
     qkv: &[f32],
     tokens: Range<usize>,
+    dims: Dims,
+    group: Range<usize>,
+    out: &SharedOut,
+) -> Result<()> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        // SAFETY: the caller's guarantee.
+        unsafe { sequence_in(scratch, isa, qkv, tokens, dims, group, out) }
+    })
+}
+
+/// A task's working memory: per head of its group, the queries and the packed keys and
+/// values; the scores of one block of queries and their sums.
+#[derive(Default)]
+struct Scratch {
+    queries: Vec<f32>,
+    keys: Vec<PackedLinear>,
+    values: Vec<PackedLinear>,
+    scores: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+thread_local! {
+    /// Each thread's [`Scratch`], kept between tasks and calls (its memory grows to the
+    /// largest task and is never given back), so that the parallel tasks allocate nothing:
+    /// for one short sequence the allocations cost as much as the arithmetic.
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// [`sequence`] in `scratch`.
+///
+/// # Safety
+/// As for [`sequence`].
+unsafe fn sequence_in(
+    scratch: &mut Scratch,
+    isa: Isa,
+    qkv: &[f32],
+    tokens: Range<usize>,
     Dims { h, d }: Dims,
     group: Range<usize>,
     out: &SharedOut,
 ) -> Result<()> {
     let (n, g) = (tokens.len(), group.len());
-    let mut queries = vec![0f32; g * n * d]; // [g][n, d]
-    let mut keys: Vec<_> = (0..g).map(|_| PackedLinear::zeros(n, d, isa)).collect(); // [n, d]
-    let mut values: Vec<_> = (0..g).map(|_| PackedLinear::zeros(d, n, isa)).collect(); // [d, n]
+    let scale = 1.0 / (d as f32).sqrt();
+    let block = if n <= WHOLE_SEQUENCE { n } else { QUERY_BLOCK };
+    let Scratch {
+        queries,
+        keys,
+        values,
+        scores,
+        sums,
+    } = scratch;
+    queries.resize(g * n * d, 0.0); // [g][n, d], every element written below
+    scores.resize(block * n, 0.0); // [block, n]
+    sums.resize(block, 0.0);
+    while keys.len() < g {
+        keys.push(PackedLinear::zeros(0, 0, isa));
+        values.push(PackedLinear::zeros(0, 0, isa));
+    }
+    let (keys, values) = (&mut keys[..g], &mut values[..g]);
+    for (key, value) in keys.iter_mut().zip(values.iter_mut()) {
+        key.reset(n, d, isa); // [n, d]
+        value.reset(d, n, isa); // [d, n]
+    }
     // The sequence's rows of qkv, read once in order, in blocks of rows that stay in L2 for the
     // keys' transposition, done one head at a time so that its panel stays in L1.
     for rows in (0..n).step_by(ROW_BLOCK).map(|i| i..(i + ROW_BLOCK).min(n)) {
@@ -147,10 +203,6 @@ unsafe fn sequence(
             }
         }
     }
-    let scale = 1.0 / (d as f32).sqrt();
-    let block = if n <= WHOLE_SEQUENCE { n } else { QUERY_BLOCK };
-    let mut scores = vec![0f32; block * n]; // [block, n]
-    let mut sums = vec![0f32; block];
     for (jj, j) in group.enumerate() {
         let q = &queries[jj * n * d..][..n * d]; // [n, d]
         for first in (0..n).step_by(block) {
@@ -169,7 +221,7 @@ unsafe fn sequence(
                     n,
                 )?
             };
-            for (row, sum) in s.chunks_exact_mut(n).zip(&mut sums) {
+            for (row, sum) in s.chunks_exact_mut(n).zip(sums.iter_mut()) {
                 *sum = softmax_unnormalised(isa, row, scale);
             }
             // SAFETY: rows `first..first + rows` of the sequence, columns `j*d..(j+1)*d` of

@@ -177,6 +177,20 @@ impl PackedLinear {
         Self::zeros_for(n, k, Kernel::for_isa(isa))
     }
 
+    /// Makes this an all-zero `[n, k]` layer for the f32 kernel of `isa` (an available one),
+    /// with zero bias, reusing its memory: attention repacks keys and values into the same
+    /// layers for every head, without allocating.
+    pub(super) fn reset(&mut self, n: usize, k: usize, isa: Isa) {
+        let kernel = Kernel::for_isa(isa);
+        let n_panels = n.div_ceil(kernel.nr);
+        self.kernel = kernel;
+        (self.n, self.k) = (n, k);
+        self.panels.resize(n_panels * k * kernel.nr);
+        self.panels.as_mut_slice().fill(0.0);
+        self.bias.resize(n_panels * kernel.nr);
+        self.bias.as_mut_slice().fill(0.0);
+    }
+
     fn zeros_for(n: usize, k: usize, kernel: &'static Kernel) -> Self {
         let n_panels = n.div_ceil(kernel.nr);
         PackedLinear {
@@ -430,8 +444,8 @@ struct Operands<'a> {
 }
 
 thread_local! {
-    /// Each thread's packed rows of `A` (see [`pack_a`]): grown when a job needs more,
-    /// never shrunk, so steady-state calls allocate nothing.
+    /// Each thread's packed rows of `A` (see [`pack_a`]): its memory grows when a job needs
+    /// more and is never given back, so steady-state calls allocate nothing.
     static PACKED_A: RefCell<AlignedVec> = RefCell::new(AlignedVec::zeros(0));
 }
 
@@ -456,7 +470,7 @@ unsafe fn run_job(
     let kc = k.div_ceil(k_blocks).next_multiple_of(kpw);
     let nc_panels = (NC / nr).max(1);
     let row_panels = rows.len().div_ceil(mr);
-    packed_a.grow(row_panels * mr * kc.div_ceil(kpw).next_multiple_of(KG));
+    packed_a.resize(row_panels * mr * kc.div_ceil(kpw).next_multiple_of(KG));
     for kb in 0..k_blocks {
         let ks = kb * kc..((kb + 1) * kc).min(k);
         let words = ks.len().div_ceil(kpw);
@@ -569,11 +583,13 @@ impl AlignedVec {
         }
     }
 
-    /// Makes room for at least `len` floats (contents unspecified).
-    fn grow(&mut self, len: usize) {
-        if len > self.len {
-            *self = AlignedVec::zeros(len);
+    /// Makes this `len` floats long (contents unspecified), reallocating only to grow beyond
+    /// every length it has had.
+    fn resize(&mut self, len: usize) {
+        if len > self.lines.len() * 16 {
+            self.lines = vec![CacheLine([0.0; 16]); len.div_ceil(16)];
         }
+        self.len = len;
     }
 
     fn as_slice(&self) -> &[f32] {
