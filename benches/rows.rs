@@ -2,10 +2,13 @@
 //! encoders, on 2 threads, as memory bandwidth against the machine's own ceiling.
 //!
 //! These operations do a few flops per value, so bytes are what they cost. For each shape the
-//! bench first times a parallel copy of a buffer as large as the operation's operands (the
-//! ceiling at that footprint: L3 for the small shapes, memory for the large ones), then:
-//! * `layer_norm`: LayerNorm of `x + residual` (what follows attention and the FFN); it reads
-//!   `x` and `residual` and writes `out`, `3 T h` floats;
+//! bench first times a copy of a buffer as large as the operation's operands, on one thread for
+//! one short text (the row operations do not split so little work) and on the pool otherwise
+//! (the ceiling at that footprint: L1/L2 for one short text, L3 for a bge-small batch, memory
+//! for the larger ones), then:
+//! * `layer_norm`: LayerNorm of `x + residual` (what follows attention and the FFN), in the
+//!   vectors of the best instruction set; it reads `x` and `residual` and writes `out`,
+//!   `3 T h` floats;
 //! * `embed`: the sum of the word, position and token-type rows (random ids over bge-base's
 //!   vocabulary); it reads three rows and writes one, `4 T h` floats.
 //!
@@ -18,11 +21,15 @@ use std::mem::MaybeUninit;
 
 use bge::backend::PackedBatch;
 use bge::backend::cpu::rows::{embed, layer_norm};
+use bge::backend::cpu::simd::Isa;
 use common::{loadavg, median_ms, pool, random};
 use rayon::prelude::*;
 
-/// (model, tokens T, hidden size h).
-const SHAPES: [(&str, usize, usize); 4] = [
+/// (model, tokens T, hidden size h): one short text (below the size that is split among the
+/// threads: one thread's speed, in L1 / L2), then large batches.
+const SHAPES: [(&str, usize, usize); 6] = [
+    ("small", 32, 384),
+    ("base", 32, 768),
     ("small", 4096, 384),
     ("base", 4096, 768),
     ("m3", 4096, 1024),
@@ -30,11 +37,15 @@ const SHAPES: [(&str, usize, usize); 4] = [
 ];
 
 const THREADS: usize = 2;
+
+/// Tokens of the short-text shapes, whose row operations run on the calling thread.
+const SHORT_TEXT: usize = 32;
 const VOCAB: usize = 30522;
 const POSITIONS: usize = 512;
 
 fn main() {
     let pool = pool(THREADS);
+    let isa = Isa::best();
     println!("rows bench: {THREADS} threads, load average {}", loadavg());
     println!(
         "{:<6} {:>5} {:>5} {:>10} {:>10} {:>10} {:>8}",
@@ -47,23 +58,34 @@ fn main() {
         let beta = random(h, 4);
         let mut out = vec![MaybeUninit::new(0f32); t * h];
 
-        // The ceiling: the same pool copying 1.5 T h floats into another 1.5 T h (3 T h moved,
-        // as LayerNorm moves).
+        // The ceiling: copying 1.5 T h floats into another 1.5 T h (3 T h moved, as LayerNorm
+        // moves), on the calling thread for one short text (where the row operations stay on
+        // it), else on the pool.
         let src = random(3 * t * h / 2, 5);
         let mut dst = vec![0f32; src.len()];
         let chunk = src.len().div_ceil(THREADS * 8).max(1);
-        let copy_ms = median_ms(&mut || {
-            pool.install(|| {
+        let copy_ms = median_ms(&mut || match t <= SHORT_TEXT {
+            true => dst.copy_from_slice(&src),
+            false => pool.install(|| {
                 dst.par_chunks_mut(chunk)
                     .zip(src.par_chunks(chunk))
                     .for_each(|(d, s)| d.copy_from_slice(s))
-            })
+            }),
         });
         let copy_gbs = gbs(3 * t * h, copy_ms);
         line(model, t, h, "copy", copy_ms, copy_gbs, copy_gbs);
 
         let ms = median_ms(&mut || {
-            layer_norm(&pool, &x, Some(&residual), &gamma, &beta, 1e-12, &mut out)
+            layer_norm(
+                &pool,
+                isa,
+                &x,
+                Some(&residual),
+                &gamma,
+                &beta,
+                1e-12,
+                &mut out,
+            )
         });
         line(model, t, h, "layer_norm", ms, gbs(3 * t * h, ms), copy_gbs);
 
@@ -86,7 +108,7 @@ fn gbs(floats: usize, ms: f64) -> f64 {
 
 fn line(model: &str, t: usize, h: usize, op: &str, ms: f64, gbs: f64, ceiling: f64) {
     println!(
-        "{model:<6} {t:>5} {h:>5} {op:>10} {ms:>10.3} {gbs:>10.1} {:>8.0}",
+        "{model:<6} {t:>5} {h:>5} {op:>10} {ms:>10.4} {gbs:>10.1} {:>8.0}",
         100.0 * gbs / ceiling
     );
 }

@@ -215,6 +215,7 @@ impl Backend for Cpu {
             written(x.rows, h, |out| {
                 rows::layer_norm(
                     &self.pool,
+                    self.isa,
                     &x.data,
                     residual.map(|r| r.data.as_slice()),
                     &gamma.data,

@@ -1,12 +1,18 @@
 //! The row-wise operations of the CPU backend (embedding sum, LayerNorm with its residual,
 //! gathers, mean pooling, L2 normalisation). Rows are independent, so they are split across
-//! the pool's threads once there is enough work to pay for the hand-off; sums use 16 partial
-//! accumulators so the compiler vectorises them.
+//! the pool's threads once there is enough work to pay for the hand-off. LayerNorm, on every
+//! layer's critical path, is written in the vectors of [`Simd`]; the others' sums use 16
+//! partial accumulators so that the compiler vectorises them.
 
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "aarch64")]
+use super::simd::aarch64::Neon;
+#[cfg(target_arch = "x86_64")]
+use super::simd::x86::{Avx2, Avx512};
+use super::simd::{Isa, Scalar, Simd};
 use crate::backend::PackedBatch;
 
 /// Below this many output elements a row operation runs on the calling thread.
@@ -41,20 +47,8 @@ pub fn for_rows<T: Send>(
     }
 }
 
-/// `sum(values)` with 16 independent partial sums (vectorisable; f32, as the GPU kernels).
-pub fn sum(values: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = values.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for i in 0..16 {
-            acc[i] += c[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `sum((v - mean)^2)`, vectorisable likewise.
+/// `sum((v - mean)^2)` with 16 independent partial sums (vectorisable; f32, as the GPU
+/// kernels).
 pub fn squared_deviation(values: &[f32], mean: f32) -> f32 {
     let mut acc = [0f32; 16];
     let chunks = values.chunks_exact(16);
@@ -98,9 +92,11 @@ pub fn embed(
 }
 
 /// LayerNorm of each row of `x + residual`: two passes (mean, then squared deviations), as
-/// the reference.
+/// the reference, in the vectors of `isa` (an available one).
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     pool: &rayon::ThreadPool,
+    isa: Isa,
     x: &[f32],                // [T, h]
     residual: Option<&[f32]>, // [T, h]
     gamma: &[f32],            // [h]
@@ -110,28 +106,131 @@ pub fn layer_norm(
 ) {
     let h = gamma.len();
     for_rows(pool, out, h, |t, o| {
-        let xr = &x[t * h..(t + 1) * h];
-        match residual {
-            Some(r) => {
-                let rr = &r[t * h..(t + 1) * h];
-                for c in 0..h {
-                    o[c].write(xr[c] + rr[c]);
-                }
-            }
-            None => {
-                for c in 0..h {
-                    o[c].write(xr[c]);
-                }
-            }
-        }
-        // SAFETY: every element of `o` was written just above.
-        let o = unsafe { &mut *(o as *mut [MaybeUninit<f32>] as *mut [f32]) };
-        let mean = sum(o) / h as f32;
-        let inv = 1.0 / (squared_deviation(o, mean) / h as f32 + eps).sqrt();
-        for c in 0..h {
-            o[c] = (o[c] - mean) * inv * gamma[c] + beta[c];
+        let row = Norm {
+            x: &x[t * h..(t + 1) * h],
+            residual: residual.map(|r| &r[t * h..(t + 1) * h]),
+            gamma,
+            beta,
+            eps,
+        };
+        match isa {
+            // SAFETY: the caller's guarantee that `isa` is available.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { layer_norm_avx512(&row, o) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { layer_norm_avx2(&row, o) },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => unsafe { layer_norm_neon(&row, o) },
+            _ => layer_norm_with(Scalar, &row, o),
         }
     });
+}
+
+/// One row's LayerNorm operands, all `h` long.
+struct Norm<'a> {
+    x: &'a [f32],
+    residual: Option<&'a [f32]>,
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    eps: f32,
+}
+
+/// # Safety
+/// The CPU supports AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn layer_norm_avx512(row: &Norm, out: &mut [MaybeUninit<f32>]) {
+    // SAFETY: the caller's guarantee.
+    layer_norm_with(unsafe { Avx512::new_unchecked() }, row, out)
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_avx2(row: &Norm, out: &mut [MaybeUninit<f32>]) {
+    // SAFETY: the caller's guarantee.
+    layer_norm_with(unsafe { Avx2::new_unchecked() }, row, out)
+}
+
+/// # Safety
+/// The CPU supports NEON.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn layer_norm_neon(row: &Norm, out: &mut [MaybeUninit<f32>]) {
+    // SAFETY: the caller's guarantee.
+    layer_norm_with(unsafe { Neon::new_unchecked() }, row, out)
+}
+
+/// Partial sums kept by [`layer_norm_with`], whatever the vector width: 16 is a multiple of
+/// every `LANES`, so every instruction set rounds alike (one running sum of thousands of
+/// values loses digits the reference keeps).
+const PARTIAL_SUMS: usize = 16;
+
+/// One row of [`layer_norm`] in vectors of `S` (whole groups of [`PARTIAL_SUMS`] values, then
+/// the tail one at a time): `out = x + residual`, its mean, the mean of its squared
+/// deviations, then `(out - mean) * inv * gamma + beta` in place.
+#[inline(always)]
+fn layer_norm_with<S: Simd>(s: S, row: &Norm, out: &mut [MaybeUninit<f32>]) {
+    let h = row.x.len();
+    let body = h - h % PARTIAL_SUMS;
+    let vectors = PARTIAL_SUMS / S::LANES;
+    let o = out[..h].as_mut_ptr().cast::<f32>();
+    let (x, g, b) = (row.x.as_ptr(), row.gamma.as_ptr(), row.beta.as_ptr());
+    let total = |acc: &[S::V]| s.reduce_add(acc.iter().fold(s.splat(0.0), |t, &v| s.add(t, v)));
+    // SAFETY (every block below): the vectors end at or before `body <= h`, the tails index
+    // below `h`, and `x`, `residual`, `gamma`, `beta` and `out` all hold `h` floats.
+    let mut acc = [s.splat(0.0); PARTIAL_SUMS];
+    for i in (0..body).step_by(PARTIAL_SUMS) {
+        for (j, a) in acc[..vectors].iter_mut().enumerate() {
+            let at = i + j * S::LANES;
+            unsafe {
+                let mut v = s.load(x.add(at));
+                if let Some(r) = row.residual {
+                    v = s.add(v, s.load(r.as_ptr().add(at)));
+                }
+                s.store(o.add(at), v);
+                *a = s.add(*a, v);
+            }
+        }
+    }
+    let mut sum = total(&acc[..vectors]);
+    for i in body..h {
+        let v = row.x[i] + row.residual.map_or(0.0, |r| r[i]);
+        unsafe { o.add(i).write(v) };
+        sum += v;
+    }
+    let mean = sum / h as f32;
+    let vmean = s.splat(mean);
+    let mut acc = [s.splat(0.0); PARTIAL_SUMS];
+    for i in (0..body).step_by(PARTIAL_SUMS) {
+        for (j, a) in acc[..vectors].iter_mut().enumerate() {
+            let d = s.sub(unsafe { s.load(o.add(i + j * S::LANES)) }, vmean);
+            *a = s.mul_add(d, d, *a);
+        }
+    }
+    let mut dev = total(&acc[..vectors]);
+    for i in body..h {
+        let d = unsafe { o.add(i).read() } - mean;
+        dev += d * d;
+    }
+    let inv = 1.0 / (dev / h as f32 + row.eps).sqrt();
+    let vinv = s.splat(inv);
+    for i in (0..body).step_by(S::LANES) {
+        unsafe {
+            let scaled = s.mul(s.sub(s.load(o.add(i)), vmean), vinv);
+            s.store(
+                o.add(i),
+                s.mul_add(scaled, s.load(g.add(i)), s.load(b.add(i))),
+            );
+        }
+    }
+    for i in body..h {
+        unsafe {
+            o.add(i)
+                .write((o.add(i).read() - mean) * inv * row.gamma[i] + row.beta[i])
+        };
+    }
 }
 
 /// `out[i] = x[rows[i]]`.
