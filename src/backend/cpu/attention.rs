@@ -29,11 +29,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::gemm::{self, PackedLinear};
-#[cfg(target_arch = "aarch64")]
-use super::simd::aarch64::Neon;
-#[cfg(target_arch = "x86_64")]
-use super::simd::x86::{Avx2, Avx512};
-use super::simd::{self, Isa, Scalar, Simd};
+use super::simd::{self, Isa, Scalar, Simd, SimdFn};
 use crate::backend::{Activation, PackedBatch};
 use crate::error::{Error, Result};
 
@@ -62,6 +58,12 @@ pub fn attention(
     heads: usize,
     out: &mut [MaybeUninit<f32>],
 ) -> Result<()> {
+    if !isa.is_available() {
+        return Err(Error::InvalidArgument(format!(
+            "this CPU cannot run the {} kernels",
+            isa.name()
+        )));
+    }
     // Every element of `out` is written: each token's row by its sequence's tasks, all heads.
     let t = batch.tokens();
     let h = out.len() / t.max(1);
@@ -242,43 +244,22 @@ unsafe fn sequence_in(
 /// In place: `row[i] = exp((row[i] - max) * scale)`, with the vectors of `isa`; returns the
 /// sum of the new values (`scale > 0`).
 pub fn softmax_unnormalised(isa: Isa, row: &mut [f32], scale: f32) -> f32 {
-    match isa {
-        // SAFETY: `isa` came from a PackedLinear, which is only made for an available ISA.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { softmax_avx512(row, scale) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { softmax_avx2(row, scale) },
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe { softmax_neon(row, scale) },
-        _ => softmax_with(Scalar, row, scale),
+    isa.dispatch(Softmax { row, scale })
+}
+
+/// One row of [`softmax_unnormalised`].
+struct Softmax<'a> {
+    row: &'a mut [f32],
+    scale: f32,
+}
+
+impl SimdFn for Softmax<'_> {
+    type Output = f32;
+
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) -> f32 {
+        softmax_with(s, self.row, self.scale)
     }
-}
-
-/// # Safety
-/// The CPU supports AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(row: &mut [f32], scale: f32) -> f32 {
-    // SAFETY: the caller's guarantee.
-    softmax_with(unsafe { Avx512::new_unchecked() }, row, scale)
-}
-
-/// # Safety
-/// The CPU supports AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
-    // SAFETY: the caller's guarantee.
-    softmax_with(unsafe { Avx2::new_unchecked() }, row, scale)
-}
-
-/// # Safety
-/// The CPU supports NEON.
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn softmax_neon(row: &mut [f32], scale: f32) -> f32 {
-    // SAFETY: the caller's guarantee.
-    softmax_with(unsafe { Neon::new_unchecked() }, row, scale)
 }
 
 /// [`softmax_unnormalised`] in vectors of `S` (whole vectors first, then the tail one lane at
@@ -338,6 +319,10 @@ mod tests {
         assert!(attention(&pool, isa, &qkv[1..], &ok, 2, &mut out).is_err());
         assert!(attention(&pool, isa, &qkv, &ok, 3, &mut out).is_err());
         assert!(attention(&pool, isa, &qkv, &ok, 0, &mut out).is_err());
+        // An instruction set this CPU lacks (NEON on x86, AVX on ARM) is refused, not run.
+        if let Some(missing) = Isa::ALL.into_iter().find(|i| !i.is_available()) {
+            assert!(attention(&pool, missing, &qkv, &ok, 2, &mut out).is_err());
+        }
         for offsets in [vec![0, 4], vec![0, 2, 1, 3], vec![1, 3], vec![0, 2]] {
             let err = attention(&pool, isa, &qkv, &batch(offsets.clone()), 2, &mut out);
             assert!(err.is_err(), "offsets {offsets:?}");

@@ -8,11 +8,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-#[cfg(target_arch = "aarch64")]
-use super::simd::aarch64::Neon;
-#[cfg(target_arch = "x86_64")]
-use super::simd::x86::{Avx2, Avx512};
-use super::simd::{Isa, Scalar, Simd};
+use super::simd::{Isa, Simd, SimdFn};
 use crate::backend::PackedBatch;
 
 /// Below this many output elements a row operation runs on the calling thread.
@@ -92,7 +88,7 @@ pub fn embed(
 }
 
 /// LayerNorm of each row of `x + residual`: two passes (mean, then squared deviations), as
-/// the reference, in the vectors of `isa` (an available one).
+/// the reference, in the vectors of `isa`.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     pool: &rayon::ThreadPool,
@@ -106,60 +102,34 @@ pub fn layer_norm(
 ) {
     let h = gamma.len();
     for_rows(pool, out, h, |t, o| {
-        let row = Norm {
-            x: &x[t * h..(t + 1) * h],
+        isa.dispatch(Norm {
+            row: &x[t * h..(t + 1) * h],
             residual: residual.map(|r| &r[t * h..(t + 1) * h]),
             gamma,
             beta,
             eps,
-        };
-        match isa {
-            // SAFETY: the caller's guarantee that `isa` is available.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { layer_norm_avx512(&row, o) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { layer_norm_avx2(&row, o) },
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => unsafe { layer_norm_neon(&row, o) },
-            _ => layer_norm_with(Scalar, &row, o),
-        }
+            out: o,
+        })
     });
 }
 
-/// One row's LayerNorm operands, all `h` long.
+/// One row of [`layer_norm`]: its operands, all `h` long, and its output.
 struct Norm<'a> {
-    x: &'a [f32],
+    row: &'a [f32],
     residual: Option<&'a [f32]>,
     gamma: &'a [f32],
     beta: &'a [f32],
     eps: f32,
+    out: &'a mut [MaybeUninit<f32>],
 }
 
-/// # Safety
-/// The CPU supports AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn layer_norm_avx512(row: &Norm, out: &mut [MaybeUninit<f32>]) {
-    // SAFETY: the caller's guarantee.
-    layer_norm_with(unsafe { Avx512::new_unchecked() }, row, out)
-}
+impl SimdFn for Norm<'_> {
+    type Output = ();
 
-/// # Safety
-/// The CPU supports AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn layer_norm_avx2(row: &Norm, out: &mut [MaybeUninit<f32>]) {
-    // SAFETY: the caller's guarantee.
-    layer_norm_with(unsafe { Avx2::new_unchecked() }, row, out)
-}
-
-/// # Safety
-/// The CPU supports NEON.
-#[cfg(target_arch = "aarch64")]
-#[target_feature(enable = "neon")]
-unsafe fn layer_norm_neon(row: &Norm, out: &mut [MaybeUninit<f32>]) {
-    // SAFETY: the caller's guarantee.
-    layer_norm_with(unsafe { Neon::new_unchecked() }, row, out)
+    #[inline(always)]
+    fn call<S: Simd>(self, s: S) {
+        layer_norm_with(s, self)
+    }
 }
 
 /// Partial sums kept by [`layer_norm_with`], whatever the vector width: 16 is a multiple of
@@ -171,12 +141,20 @@ const PARTIAL_SUMS: usize = 16;
 /// the tail one at a time): `out = x + residual`, its mean, the mean of its squared
 /// deviations, then `(out - mean) * inv * gamma + beta` in place.
 #[inline(always)]
-fn layer_norm_with<S: Simd>(s: S, row: &Norm, out: &mut [MaybeUninit<f32>]) {
-    let h = row.x.len();
+fn layer_norm_with<S: Simd>(s: S, norm: Norm) {
+    let Norm {
+        row: xs,
+        residual,
+        gamma,
+        beta,
+        eps,
+        out,
+    } = norm;
+    let h = xs.len();
     let body = h - h % PARTIAL_SUMS;
     let vectors = PARTIAL_SUMS / S::LANES;
     let o = out[..h].as_mut_ptr().cast::<f32>();
-    let (x, g, b) = (row.x.as_ptr(), row.gamma.as_ptr(), row.beta.as_ptr());
+    let (x, g, b) = (xs.as_ptr(), gamma.as_ptr(), beta.as_ptr());
     let total = |acc: &[S::V]| s.reduce_add(acc.iter().fold(s.splat(0.0), |t, &v| s.add(t, v)));
     // SAFETY (every block below): the vectors end at or before `body <= h`, the tails index
     // below `h`, and `x`, `residual`, `gamma`, `beta` and `out` all hold `h` floats.
@@ -186,7 +164,7 @@ fn layer_norm_with<S: Simd>(s: S, row: &Norm, out: &mut [MaybeUninit<f32>]) {
             let at = i + j * S::LANES;
             unsafe {
                 let mut v = s.load(x.add(at));
-                if let Some(r) = row.residual {
+                if let Some(r) = residual {
                     v = s.add(v, s.load(r.as_ptr().add(at)));
                 }
                 s.store(o.add(at), v);
@@ -196,7 +174,7 @@ fn layer_norm_with<S: Simd>(s: S, row: &Norm, out: &mut [MaybeUninit<f32>]) {
     }
     let mut sum = total(&acc[..vectors]);
     for i in body..h {
-        let v = row.x[i] + row.residual.map_or(0.0, |r| r[i]);
+        let v = xs[i] + residual.map_or(0.0, |r| r[i]);
         unsafe { o.add(i).write(v) };
         sum += v;
     }
@@ -214,7 +192,7 @@ fn layer_norm_with<S: Simd>(s: S, row: &Norm, out: &mut [MaybeUninit<f32>]) {
         let d = unsafe { o.add(i).read() } - mean;
         dev += d * d;
     }
-    let inv = 1.0 / (dev / h as f32 + row.eps).sqrt();
+    let inv = 1.0 / (dev / h as f32 + eps).sqrt();
     let vinv = s.splat(inv);
     for i in (0..body).step_by(S::LANES) {
         unsafe {
@@ -228,7 +206,7 @@ fn layer_norm_with<S: Simd>(s: S, row: &Norm, out: &mut [MaybeUninit<f32>]) {
     for i in body..h {
         unsafe {
             o.add(i)
-                .write((o.add(i).read() - mean) * inv * row.gamma[i] + row.beta[i])
+                .write((o.add(i).read() - mean) * inv * gamma[i] + beta[i])
         };
     }
 }

@@ -6,7 +6,8 @@
 //! CPU has been checked to support it, so the token's arithmetic methods are safe. Speed comes
 //! from inlining: every method is `#[inline(always)]`, and kernels are generic functions that
 //! are instantiated inside a `#[target_feature]` function, where each method becomes one
-//! instruction.
+//! instruction: the GEMM's micro-kernel has its own (one per row count), and the others
+//! (softmax, LayerNorm) go through [`Isa::dispatch`], which checks the CPU first.
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
@@ -60,6 +61,25 @@ impl Isa {
             .collect()
     }
 
+    /// Runs `f` with the vectors of this instruction set, inside a function compiled for it
+    /// (`#[target_feature]`), so that `f`'s inlined arithmetic becomes its instructions. An
+    /// instruction set this CPU lacks runs the scalar lanes instead.
+    #[inline]
+    pub fn dispatch<F: SimdFn>(self, f: F) -> F::Output {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the token exists, so the CPU supports AVX-512F.
+            Isa::Avx512 if let Some(s) = x86::Avx512::new() => unsafe { on_avx512(s, f) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the token exists, so the CPU supports AVX2 and FMA.
+            Isa::Avx2 if let Some(s) = x86::Avx2::new() => unsafe { on_avx2(s, f) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: the token exists, so the CPU supports NEON.
+            Isa::Neon if let Some(s) = aarch64::Neon::new() => unsafe { on_neon(s, f) },
+            _ => f.call(Scalar),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -68,6 +88,38 @@ impl Isa {
             Isa::Neon => "neon",
         }
     }
+}
+
+/// A computation written once over [`Simd`], for [`Isa::dispatch`] to run with one
+/// instruction set's vectors. `call` and everything it calls must be `#[inline(always)]`, so
+/// that it is compiled inside the dispatcher's `#[target_feature]` function.
+pub trait SimdFn {
+    type Output;
+    fn call<S: Simd>(self, s: S) -> Self::Output;
+}
+
+/// # Safety
+/// The CPU supports AVX-512F (`s` proves it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn on_avx512<F: SimdFn>(s: x86::Avx512, f: F) -> F::Output {
+    f.call(s)
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA (`s` proves it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn on_avx2<F: SimdFn>(s: x86::Avx2, f: F) -> F::Output {
+    f.call(s)
+}
+
+/// # Safety
+/// The CPU supports NEON (`s` proves it).
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn on_neon<F: SimdFn>(s: aarch64::Neon, f: F) -> F::Output {
+    f.call(s)
 }
 
 /// A vector of `LANES` f32 values and its operations, implemented by a zero-sized token whose
@@ -294,36 +346,39 @@ mod tests {
         Tanh,
     }
 
-    /// `op` on `xs` (a multiple of 16 long) with the vectors of `s`.
-    fn eval<S: Simd>(s: S, op: Op, xs: &[f32]) -> Vec<f32> {
-        let mut out = vec![0.0; xs.len()];
-        for (x, y) in xs
-            .chunks_exact(S::LANES)
-            .zip(out.chunks_exact_mut(S::LANES))
-        {
-            // SAFETY: both chunks hold LANES floats.
-            let v = unsafe { s.load(x.as_ptr()) };
-            let v = match op {
-                Op::Exp => exp(s, v),
-                Op::Gelu => gelu(s, v),
-                Op::Tanh => tanh(s, v),
-            };
-            // SAFETY: as above.
-            unsafe { s.store(y.as_mut_ptr(), v) };
+    /// `op` on `xs` (a multiple of 16 long), for [`Isa::dispatch`].
+    struct Eval<'a> {
+        op: Op,
+        xs: &'a [f32],
+    }
+
+    impl SimdFn for Eval<'_> {
+        type Output = Vec<f32>;
+
+        #[inline(always)]
+        fn call<S: Simd>(self, s: S) -> Vec<f32> {
+            let mut out = vec![0.0; self.xs.len()];
+            for (x, y) in self
+                .xs
+                .chunks_exact(S::LANES)
+                .zip(out.chunks_exact_mut(S::LANES))
+            {
+                // SAFETY: both chunks hold LANES floats.
+                let v = unsafe { s.load(x.as_ptr()) };
+                let v = match self.op {
+                    Op::Exp => exp(s, v),
+                    Op::Gelu => gelu(s, v),
+                    Op::Tanh => tanh(s, v),
+                };
+                // SAFETY: as above.
+                unsafe { s.store(y.as_mut_ptr(), v) };
+            }
+            out
         }
-        out
     }
 
     fn eval_on(isa: Isa, op: Op, xs: &[f32]) -> Vec<f32> {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => eval(x86::Avx512::new().unwrap(), op, xs),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => eval(x86::Avx2::new().unwrap(), op, xs),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => eval(aarch64::Neon::new().unwrap(), op, xs),
-            _ => eval(Scalar, op, xs),
-        }
+        isa.dispatch(Eval { op, xs })
     }
 
     /// `n` (a multiple of 16) evenly spaced points from `lo` to `hi`.
