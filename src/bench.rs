@@ -9,10 +9,11 @@ use serde_json::json;
 
 use crate::backend::{Dtype, PackedBatch};
 use crate::config::{Arch, ModelConfig, Pooling, Shape};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::heads::HeadParams;
+use crate::heads::{Head, HeadSet, HeadSources, Request};
+use crate::loaded::load_resident;
 use crate::model::{Checkpoint, RandomParams, SplitMix64};
-use crate::pipeline::{self, Device, Request};
 use crate::source::ModelFiles;
 use crate::weights::Weights;
 
@@ -32,8 +33,8 @@ pub struct BenchSpec {
     pub warmup: usize,
     pub iters: usize,
     pub seed: u64,
-    /// Overrides the number of layers (activation memory per layer is the same for all, so
-    /// one layer measures it cheaply on slow devices).
+    /// Runs only the first this many layers (activation memory per layer is the same for all,
+    /// so one layer measures it cheaply on slow devices).
     pub layers: Option<usize>,
 }
 
@@ -41,22 +42,28 @@ pub struct BenchSpec {
 pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
     if spec.batch == 0 || spec.iters == 0 {
         return Err(Error::InvalidArgument(
-            "--batch and --iters must be at least 1".into(),
+            "the batch and the iterations must be at least 1".into(),
+        ));
+    }
+    if spec.layers == Some(0) {
+        return Err(Error::InvalidArgument(
+            "the layers must be at least 1: a benchmark times the encoder's layers".into(),
         ));
     }
     let device = spec.device.resolve();
     let (label, config, pipeline) = match (&spec.model, spec.shape) {
         (Some(dir), shape) => {
             let files = ModelFiles::from_dir(dir)?;
-            let config = ModelConfig::from_file(&files.config)?;
+            let mut config = ModelConfig::from_file(&files.config)?;
+            config.num_layers = spec.layers.unwrap_or(config.num_layers);
             let weights = Weights::open(&files.weights)?;
-            let p = pipeline::load(
+            let p = load_resident(
                 device,
                 spec.dtype,
                 spec.threads,
                 &config,
                 &Checkpoint::new(&weights)?,
-                &HeadParams::default(),
+                HeadSources::default(),
             )?;
             let label = shape.map_or(files.name.clone(), |s| s.name().to_owned());
             (label, config, p)
@@ -64,25 +71,25 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         (None, Some(shape)) => {
             let mut config = shape.config();
             config.num_layers = spec.layers.unwrap_or(config.num_layers);
-            let p = pipeline::load(
+            let p = load_resident(
                 device,
                 spec.dtype,
                 spec.threads,
                 &config,
                 &RandomParams { seed: spec.seed },
-                &HeadParams::default(),
+                HeadSources::default(),
             )?;
             (shape.name().to_owned(), config, p)
         }
         (None, None) => {
             return Err(Error::InvalidArgument(
-                "bench needs --shape or --model".into(),
+                "a benchmark needs a shape or a model".into(),
             ));
         }
     };
     if spec.seq < 2 || spec.seq > config.max_tokens() {
         return Err(Error::InvalidArgument(format!(
-            "--seq {} is outside 2..={} for this shape",
+            "sequence length {} is outside 2..={} for this shape",
             spec.seq,
             config.max_tokens()
         )));
@@ -90,20 +97,21 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
     let (batch, lens) = inputs(&config, spec.batch, spec.seq, spec.ragged, spec.seed)?;
     // FlagEmbedding's dense output: CLS pooling, L2-normalised.
     let request = Request {
-        dense: Some((Pooling::Cls, true)),
-        ..Request::default()
+        heads: HeadSet::from(Head::Dense),
+        pooling: Pooling::Cls,
+        normalize: true,
     };
     let (loaded_rss, load_peak) = (rss_bytes("VmRSS:"), rss_bytes("VmHWM:"));
     // From here the high-water mark covers only the forward passes (Linux >= 4.0).
     let run_peak_known = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let mut checksum = 0.0;
     for _ in 0..spec.warmup {
-        pipeline.run(&batch, &request)?;
+        pipeline.forward(&batch, &request)?;
     }
     let mut times = Vec::with_capacity(spec.iters);
     for _ in 0..spec.iters {
         let start = Instant::now();
-        let out = pipeline.run(&batch, &request)?;
+        let out = pipeline.forward(&batch, &request)?;
         times.push(start.elapsed().as_secs_f64());
         checksum = out.dense.iter().flatten().map(|&v| v as f64).sum::<f64>();
     }
@@ -128,7 +136,7 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         "batch": spec.batch,
         "seq": spec.seq,
         "ragged": spec.ragged,
-        "dtype": spec.dtype.name(),
+        "dtype": pipeline.dtype().name(),
         "threads": threads,
         "median_s": median,
         "min_s": times[0],

@@ -29,12 +29,36 @@ pub enum Head {
 }
 
 /// Sentence pooling, from `1_Pooling/config.json` (CLS when the file is absent, as in FlagModel).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pooling {
     /// The hidden state of the first token (`[CLS]` / `<s>`).
     Cls,
     /// The mean over all real tokens, special tokens included (sentence-transformers semantics).
     Mean,
+}
+
+impl Pooling {
+    /// FlagModel's `pooling_method` names: `cls` or `mean`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown pooling `{s}` (expected cls or mean)"
+            ))),
+        }
+    }
 }
 
 /// The encoder hyper-parameters, read from `config.json` or taken from a [`Shape`].
@@ -99,7 +123,7 @@ impl ModelConfig {
 }
 
 /// The real shapes of the BGE series, for benchmarks with random weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
     BgeSmall,
     BgeBase,
@@ -107,7 +131,29 @@ pub enum Shape {
     BgeM3,
 }
 
+impl std::str::FromStr for Shape {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Shape::ALL
+            .into_iter()
+            .find(|shape| shape.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown shape `{s}` (expected bge-small, bge-base, bge-large or bge-m3)"
+                ))
+            })
+    }
+}
+
 impl Shape {
+    pub const ALL: [Shape; 4] = [
+        Shape::BgeSmall,
+        Shape::BgeBase,
+        Shape::BgeLarge,
+        Shape::BgeM3,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Shape::BgeSmall => "bge-small",
@@ -265,6 +311,12 @@ impl RawConfig {
                 .num_labels
                 .or(self.id2label.as_ref().map(|m| m.len()))
                 .unwrap_or(2);
+            if num_labels == 0 {
+                return Err(Error::config(
+                    path,
+                    "a *ForSequenceClassification model needs at least one label (num_labels / id2label)",
+                ));
+            }
             Head::Classifier { num_labels }
         } else {
             Head::Encoder

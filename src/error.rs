@@ -53,6 +53,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Operands of a backend operation whose shapes do not fit together (see
+    /// `backend::Backend`): every backend answers the same mistake with the same message.
+    #[error("shape mismatch in {0}")]
+    Shape(String),
+
     #[error("model `{repo}`: {message}")]
     Hub { repo: String, message: String },
 
@@ -60,7 +65,7 @@ pub enum Error {
     Gpu(String),
 
     #[error(
-        "GPU out of memory while allocating {bytes} bytes for {what}; try a smaller --batch-size or --max-length"
+        "GPU out of memory while allocating {bytes} bytes for {what}; try a smaller batch size or max length"
     )]
     GpuOutOfMemory { what: String, bytes: u64 },
 }

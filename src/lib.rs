@@ -10,29 +10,62 @@
 //! # Ok::<(), bge::Error>(())
 //! ```
 //!
-//! The path of a text: [`tokenize`] -> [`model::pack`] -> [`model::Encoder`] on a
-//! [`backend::Backend`] -> pooling and normalisation ([`pipeline`]) -> [`FlagModel`].
+//! The models: [`FlagModel`] (bge v1 / v1.5 and any BERT / XLM-RoBERTa embedder),
+//! [`M3Model`] (BGE-M3's dense, sparse and ColBERT outputs), [`Reranker`] (the bge-reranker
+//! cross-encoders) and [`LlmEmbedder`]. Each loads with [`Options`] (or a [`Device`] and a
+//! [`Dtype`]) and answers every failure with an [`Error`].
+//!
+//! Two promises hold on every [`Device`]:
+//! * **Thread safety.** Every model type is `Send + Sync`: many threads may call one loaded
+//!   model at once. The CPU backend runs their calls side by side on its thread pool; the GPU
+//!   backend interleaves them on its queue.
+//! * **Batch invariance.** A text's outputs are the same bits whether it is encoded alone, among
+//!   other texts, at any batch size, or on any thread, because batches are packed without
+//!   padding and every row is computed from its own inputs only.
+//!
+//! The path of a text: tokenizer -> packed batch -> encoder on a [`backend::Backend`] -> heads
+//! (dense, sparse, ColBERT, classifier) -> the model API. [`backend`] is public for those who
+//! test, time or read the kernels.
 
 pub mod backend;
-pub mod bench;
-pub mod config;
-pub mod embedder;
-pub mod error;
-pub mod heads;
+mod bench;
+mod config;
+mod device;
+mod error;
+mod flag_model;
+mod heads;
 pub mod llm_embedder;
+mod loaded;
 pub mod m3;
-pub mod model;
-pub mod pipeline;
-pub mod reranker;
-pub mod runtime;
-pub mod source;
-pub mod tokenize;
-pub mod weights;
+mod model;
+mod reranker;
+mod source;
+mod tokenize;
+mod weights;
 
 pub use backend::Dtype;
 pub use config::{ModelConfig, Pooling};
-pub use embedder::{Embeddings, FlagModel, Options, Want};
+pub use device::Device;
 pub use error::{Error, Result};
-pub use m3::M3Model;
-pub use pipeline::Device;
+pub use flag_model::{
+    Embeddings, FlagModel, INSTRUCTION_EN, INSTRUCTION_ZH, Options, Want, default_query_instruction,
+};
+pub use heads::{Head, HeadSet};
+pub use llm_embedder::{LlmEmbedder, Task};
+pub use m3::{LexicalWeights, M3Model, PairScores};
 pub use reranker::Reranker;
+
+/// Not part of the public API, and without any stability promise: what `bge`'s own binary,
+/// tests, benchmarks and fuzzers reach below the model types (the encoder with its probes,
+/// random weights, the weight readers, the tokenizer, the benchmark).
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::bench::{BenchSpec, inputs as bench_inputs, run as run_bench};
+    pub use crate::config::{Arch, Head as ConfigHead, Shape};
+    pub use crate::flag_model::{DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH};
+    pub use crate::model::{Checkpoint, Encoder, Params, Probe, RandomParams, SplitMix64, pack};
+    pub use crate::reranker::DEFAULT_BATCH_SIZE as RERANKER_BATCH_SIZE;
+    pub use crate::source::ModelFiles;
+    pub use crate::tokenize::{Encoded, Tokenizer};
+    pub use crate::weights::{DType, WeightFile, Weights, parse_bytes};
+}

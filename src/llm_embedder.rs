@@ -3,14 +3,15 @@
 //! (`FlagEmbedding/flag_models.py`); 1.4.2 expresses the same as `FlagModel` with
 //! `query_instruction_for_retrieval` / `passage_instruction_for_retrieval` set per task.
 
-use crate::embedder::{FlagModel, Want};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::flag_model::{FlagModel, Options, Want};
 
 /// LLM-Embedder's default query max length (keys use 512).
 pub const QUERY_MAX_LENGTH: usize = 256;
 pub const KEY_MAX_LENGTH: usize = 512;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The tasks LLM-Embedder has instructions for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Task {
     /// Question answering.
     Qa,
@@ -27,6 +28,28 @@ pub enum Task {
 }
 
 impl Task {
+    /// Every task, in FlagEmbedding's order.
+    pub const ALL: [Task; 6] = [
+        Task::Qa,
+        Task::Convsearch,
+        Task::Chat,
+        Task::Lrlm,
+        Task::Icl,
+        Task::Tool,
+    ];
+
+    /// The task's name in FlagEmbedding's table (`qa`, `convsearch`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Qa => "qa",
+            Task::Convsearch => "convsearch",
+            Task::Chat => "chat",
+            Task::Lrlm => "lrlm",
+            Task::Icl => "icl",
+            Task::Tool => "tool",
+        }
+    }
+
     /// `(query instruction, key instruction)`.
     pub fn instructions(self) -> (&'static str, &'static str) {
         match self {
@@ -58,7 +81,63 @@ impl Task {
     }
 }
 
-/// `LLMEmbedder.encode_queries(queries, task)`: the task's query instruction, max length 256.
+impl std::str::FromStr for Task {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Task::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+                Error::InvalidArgument(format!(
+                    "unknown LLM-Embedder task `{s}` (expected one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+/// LLM-Embedder with FlagEmbedding's `LLMEmbedder` API: queries and keys with their task's
+/// instruction. `Send + Sync`, and batch-invariant, as [`FlagModel`] is.
+///
+/// ```no_run
+/// use bge::{LlmEmbedder, Options, Task};
+///
+/// let model = LlmEmbedder::load("BAAI/llm-embedder", &Options::default())?;
+/// let q = model.encode_queries(Task::Qa, &["what is a panda?"])?;
+/// let k = model.encode_keys(Task::Qa, &["The giant panda is a bear."])?;
+/// # Ok::<(), bge::Error>(())
+/// ```
+pub struct LlmEmbedder {
+    model: FlagModel,
+}
+
+impl LlmEmbedder {
+    /// Loads the model (a directory or a hub id).
+    pub fn load(model: &str, options: &Options) -> Result<Self> {
+        Ok(LlmEmbedder {
+            model: FlagModel::load(model, options)?,
+        })
+    }
+
+    /// The model as a [`FlagModel`].
+    pub fn model(&self) -> &FlagModel {
+        &self.model
+    }
+
+    /// `encode_queries(queries, task)`: the task's query instruction, max length 256.
+    pub fn encode_queries(&self, task: Task, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
+        encode_queries(&self.model, task, queries)
+    }
+
+    /// `encode_keys(keys, task)`: the task's key instruction, max length 512.
+    pub fn encode_keys(&self, task: Task, keys: &[&str]) -> Result<Vec<Vec<f32>>> {
+        encode_keys(&self.model, task, keys)
+    }
+}
+
+/// `LLMEmbedder.encode_queries(queries, task)` on a model loaded as a [`FlagModel`].
 pub fn encode_queries(model: &FlagModel, task: Task, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
     let (query, _) = task.instructions();
     let e = model.embed(
@@ -71,7 +150,7 @@ pub fn encode_queries(model: &FlagModel, task: Task, queries: &[&str]) -> Result
     Ok(e.dense)
 }
 
-/// `LLMEmbedder.encode_keys(keys, task)`: the task's key instruction, max length 512.
+/// `LLMEmbedder.encode_keys(keys, task)` on a model loaded as a [`FlagModel`].
 pub fn encode_keys(model: &FlagModel, task: Task, keys: &[&str]) -> Result<Vec<Vec<f32>>> {
     let (_, key) = task.instructions();
     let e = model.embed(keys, Some(key), KEY_MAX_LENGTH, Want::DENSE, &mut |_| {})?;

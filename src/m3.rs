@@ -3,9 +3,11 @@
 
 use serde::Serialize;
 
-use crate::embedder::{Embeddings, FlagModel, Options, Want};
 use crate::error::{Error, Result};
-use crate::heads::{colbert, sparse::LexicalWeights};
+use crate::flag_model::{Embeddings, FlagModel, Options, Want};
+use crate::heads::{Head, colbert};
+
+pub use crate::heads::sparse::LexicalWeights;
 
 /// `compute_score`'s default `weights_for_different_modes` in FlagEmbedding 1.4.2:
 /// `[dense, sparse, colbert]` = `[1, 1, 1]` (the model card suggests `[0.4, 0.2, 0.4]`).
@@ -48,8 +50,22 @@ pub fn colbert_score(query: &[Vec<f32>], passage: &[Vec<f32>]) -> f32 {
 }
 
 /// A BGE-M3 model: [`FlagModel`] plus the sparse and ColBERT heads and their scoring.
+///
+/// `Send + Sync`, and batch-invariant, as [`FlagModel`] is.
+///
+/// ```no_run
+/// use bge::{M3Model, Options, Want};
+///
+/// let m3 = M3Model::load("BAAI/bge-m3", &Options::default())?;
+/// let q = m3.encode_queries(&["what is BGE M3?"], Want::ALL)?;
+/// let p = m3.encode_corpus(&["BGE M3 is an embedding model."], Want::ALL)?;
+/// let lexical = bge::m3::compute_lexical_matching_score(&q.sparse[0], &p.sparse[0]);
+/// let late = bge::m3::colbert_score(&q.colbert[0], &p.colbert[0]);
+/// let all = m3.compute_score(&[("what is BGE M3?", "BGE M3 is ...")], [0.4, 0.2, 0.4])?;
+/// # Ok::<(), bge::Error>(())
+/// ```
 pub struct M3Model {
-    pub model: FlagModel,
+    model: FlagModel,
 }
 
 impl M3Model {
@@ -58,34 +74,51 @@ impl M3Model {
         Self::new(FlagModel::load(model, options)?)
     }
 
+    /// A loaded [`FlagModel`] as BGE-M3; an error unless it has both BGE-M3 heads.
     pub fn new(model: FlagModel) -> Result<Self> {
-        if model.has_m3_heads() != (true, true) {
+        let heads = model.heads();
+        if !(heads.contains(Head::Sparse) && heads.contains(Head::Colbert)) {
             return Err(Error::InvalidArgument(format!(
                 "model `{}` is not a BGE-M3 model: it needs sparse_linear.pt and colbert_linear.pt beside its weights",
-                model.name
+                model.name()
             )));
         }
         Ok(M3Model { model })
     }
 
+    /// The model as a [`FlagModel`] (its settings, `embed` with a progress callback).
+    pub fn model(&self) -> &FlagModel {
+        &self.model
+    }
+
     /// `encode(sentences, return_dense, return_sparse, return_colbert_vecs)` at `max_length`.
     pub fn encode(&self, texts: &[&str], want: Want) -> Result<Embeddings> {
         let m = &self.model;
-        m.embed(texts, None, m.max_length, want, &mut |_| {})
+        m.embed(texts, None, m.max_length(), want, &mut |_| {})
     }
 
     /// `encode_queries`: the query instruction (none by default for bge-m3), query max length.
     pub fn encode_queries(&self, queries: &[&str], want: Want) -> Result<Embeddings> {
         let m = &self.model;
-        let instruction = m.query_instruction.as_deref();
-        m.embed(queries, instruction, m.query_max_length, want, &mut |_| {})
+        m.embed(
+            queries,
+            m.query_instruction(),
+            m.query_max_length(),
+            want,
+            &mut |_| {},
+        )
     }
 
     /// `encode_corpus`: the passage instruction (if any), max length.
     pub fn encode_corpus(&self, corpus: &[&str], want: Want) -> Result<Embeddings> {
         let m = &self.model;
-        let instruction = m.passage_instruction.as_deref();
-        m.embed(corpus, instruction, m.max_length, want, &mut |_| {})
+        m.embed(
+            corpus,
+            m.passage_instruction(),
+            m.max_length(),
+            want,
+            &mut |_| {},
+        )
     }
 
     /// `compute_score(sentence_pairs, weights_for_different_modes)`: queries at the query max
@@ -103,16 +136,11 @@ impl M3Model {
                 "weights {weights:?}: dense + sparse and the sum of all three must not be 0"
             )));
         }
-        let all = Want {
-            dense: true,
-            sparse: true,
-            colbert: true,
-        };
-        let m = &self.model;
+        let (all, m) = (Want::ALL, &self.model);
         let queries: Vec<&str> = pairs.iter().map(|p| p.0).collect();
         let passages: Vec<&str> = pairs.iter().map(|p| p.1).collect();
-        let q = m.embed(&queries, None, m.query_max_length, all, &mut |_| {})?;
-        let p = m.embed(&passages, None, m.max_length, all, &mut |_| {})?;
+        let q = m.embed(&queries, None, m.query_max_length(), all, &mut |_| {})?;
+        let p = m.embed(&passages, None, m.max_length(), all, &mut |_| {})?;
         Ok((0..pairs.len())
             .map(|i| {
                 let dense = q.dense[i].iter().zip(&p.dense[i]).map(|(a, b)| a * b).sum();

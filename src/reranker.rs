@@ -3,46 +3,90 @@
 //! sequence, scored by the classifier on its first token.
 
 use crate::backend::Dtype;
+use crate::config::Pooling;
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::pipeline::{Device, Request};
-use crate::runtime::Runtime;
+use crate::heads::{Head, HeadSet, Request, classifier};
+use crate::loaded::LoadedModel;
 use crate::source::ModelFiles;
 
-/// FlagReranker's defaults.
+/// FlagReranker's default `max_length`.
 pub const DEFAULT_MAX_LENGTH: usize = 512;
+/// FlagReranker's default `batch_size`.
 pub const DEFAULT_BATCH_SIZE: usize = 128;
 
+/// A cross-encoder with FlagEmbedding's `FlagReranker` semantics.
+///
+/// `Send + Sync`, and batch-invariant: a pair's score does not depend on the other pairs of
+/// the call or on the batch size.
+///
+/// ```no_run
+/// use bge::{Device, Dtype, Reranker};
+///
+/// let reranker = Reranker::load("BAAI/bge-reranker-base", Device::Auto, Dtype::F32)?;
+/// let scores = reranker.compute_score(&[("what is a panda?", "The giant panda is a bear.")], true)?;
+/// # Ok::<(), bge::Error>(())
+/// ```
 pub struct Reranker {
-    runtime: Runtime,
-    pub name: String,
-    /// Length of the whole pair in tokens; the query alone gets at most 3/4 of it.
-    pub max_length: usize,
-    pub batch_size: usize,
+    loaded: LoadedModel,
+    max_length: usize,
+    batch_size: usize,
 }
 
 impl Reranker {
-    /// Loads a `*ForSequenceClassification` model with one label.
+    /// Loads a `*ForSequenceClassification` model (a directory or a hub id).
     pub fn load(model: &str, device: Device, dtype: Dtype) -> Result<Self> {
         let files = ModelFiles::resolve(model)?;
-        let runtime = Runtime::load(&files, device, dtype, None)?;
-        if !runtime.heads().2 {
+        let loaded = LoadedModel::load(&files, device, dtype, None)?;
+        if !loaded.heads().contains(Head::Classifier) {
             return Err(Error::InvalidArgument(format!(
                 "model `{}` is not a reranker: its config.json declares no *ForSequenceClassification architecture",
                 files.name
             )));
         }
         let max_length =
-            runtime.check_max_length(DEFAULT_MAX_LENGTH.min(runtime.config().max_tokens()))?;
+            loaded.check_max_length(DEFAULT_MAX_LENGTH.min(loaded.config().max_tokens()))?;
         Ok(Reranker {
-            name: files.name,
-            runtime,
+            loaded,
             max_length,
             batch_size: DEFAULT_BATCH_SIZE,
         })
     }
 
-    pub fn tokenizer(&self) -> &crate::tokenize::Tokenizer {
-        &self.runtime.tokenizer
+    /// The model's name (its directory or repository).
+    pub fn name(&self) -> &str {
+        self.loaded.name()
+    }
+
+    /// The backend and device the model runs on, in words.
+    pub fn describe(&self) -> String {
+        self.loaded.describe()
+    }
+
+    /// The length of a whole pair in tokens; the query alone gets at most 3/4 of it.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Sets [`Self::max_length`]: at least 2, at most what the model's positions allow.
+    pub fn set_max_length(&mut self, max_length: usize) -> Result<()> {
+        self.max_length = self.loaded.check_max_length(max_length)?;
+        Ok(())
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Sets how many pairs run in one forward pass (at least 1).
+    pub fn set_batch_size(&mut self, batch_size: usize) -> Result<()> {
+        if batch_size == 0 {
+            return Err(Error::InvalidArgument(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        self.batch_size = batch_size;
+        Ok(())
     }
 
     /// `compute_score(pairs, max_length, normalize)`: the first logit of each pair; with
@@ -58,46 +102,34 @@ impl Reranker {
         normalize: bool,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {
-        let max_length = self.runtime.check_max_length(self.max_length)?;
+        let max_length = self.max_length;
         let query_max_length = max_length * 3 / 4;
+        let tokenizer = self.loaded.tokenizer();
         let encoded = pairs
             .iter()
-            .map(|(q, p)| {
-                self.runtime
-                    .tokenizer
-                    .encode_pair(q, p, query_max_length, max_length)
-            })
+            .map(|(q, p)| tokenizer.encode_pair(q, p, query_max_length, max_length))
             .collect::<Result<Vec<_>>>()?;
         // A pair whose query alone fills the length is kept whole (see encode_pair); it must
         // still fit the position table.
-        if let Some(e) = encoded
-            .iter()
-            .find(|e| e.len() > self.runtime.config().max_tokens())
-        {
+        let limit = self.loaded.config().max_tokens();
+        if let Some(e) = encoded.iter().find(|e| e.len() > limit) {
             return Err(Error::InvalidArgument(format!(
-                "a pair of {} tokens exceeds the model's {} positions",
+                "a pair of {} tokens exceeds the model's {limit} positions",
                 e.len(),
-                self.runtime.config().max_tokens()
             )));
         }
         let request = Request {
-            logits: true,
-            ..Request::default()
+            heads: HeadSet::from(Head::Classifier),
+            pooling: Pooling::Cls,
+            normalize: false,
         };
         let out = self
-            .runtime
+            .loaded
             .run(&encoded, &request, self.batch_size, progress)?;
         Ok(out
             .logits
             .iter()
-            .map(|l| {
-                let x = l[0];
-                if normalize {
-                    1.0 / (1.0 + (-x).exp())
-                } else {
-                    x
-                }
-            })
+            .map(|l| classifier::score(l, normalize))
             .collect())
     }
 }

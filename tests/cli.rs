@@ -23,13 +23,18 @@ fn bge(args: &[&str], stdin: impl AsRef<[u8]>, env: &[(&str, &Path)]) -> Output 
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("run bge");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_ref())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    // Written from a thread of its own: bge streams, so its output may fill the pipe before it
+    // has read all of its input.
+    let mut pipe = child.stdin.take().unwrap();
+    let input = stdin.as_ref().to_vec();
+    let writer = std::thread::spawn(move || match pipe.write_all(&input) {
+        // A run that fails before reading its input (a bad flag) closes the pipe.
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("writing stdin: {e}"),
+        _ => {}
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 fn jsonl(texts: &[String]) -> String {
@@ -112,7 +117,7 @@ fn embed_matches_flagmodel_at_512_and_16() {
 fn instruction_flag_encodes_queries() {
     let want = load(&reference("tiny_bge/flagmodel.safetensors"), "queries");
     let input = jsonl(&texts("queries"));
-    let ins = bge::embedder::INSTRUCTION_EN;
+    let ins = bge::INSTRUCTION_EN;
     let out = bge(
         &["embed", "--model", &tiny_bge(), "--instruction", ins],
         &input,
@@ -234,7 +239,7 @@ fn gpu_embed_matches_the_references_in_f32_and_f16() {
             tol,
             min_cosine,
         );
-        let ins = bge::embedder::INSTRUCTION_EN;
+        let ins = bge::INSTRUCTION_EN;
         let args = [
             &["embed", "--model", &model, "--instruction", ins][..],
             &gpu,
@@ -364,25 +369,53 @@ fn a_model_missing_from_the_cache_says_how_to_get_it() {
     );
 }
 
+/// The one line a run that failed on input line `n` printed, after asserting that the output
+/// of the `n - 1` lines before it reached stdout.
+fn error_on_line(out: &Output, n: usize) -> String {
+    assert_eq!(out.status.code(), Some(1), "exit status");
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(
+        stdout.lines().count(),
+        n - 1,
+        "the lines before {n}: {stdout}"
+    );
+    for line in stdout.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v["dense"].is_array(), "{line}");
+    }
+    stderr
+}
+
 #[test]
 fn malformed_input_lines_are_reported_with_their_number() {
-    for (input, want) in [
+    for (input, n, want) in [
         (
             "\"ok\"\n{\"txt\": \"a\"}\n",
+            2,
             "input line 2: the object has no string field \"text\"",
         ),
-        ("\"ok\"\n\"ok\"\nnot json\n", "input line 3: not valid JSON"),
-        ("42\n", "input line 1: expected a JSON string or an object"),
-        ("\"ok\"\n\n", "input line 2: not valid JSON"),
+        (
+            "\"ok\"\n\"ok\"\nnot json\n",
+            3,
+            "input line 3: not valid JSON",
+        ),
+        (
+            "42\n",
+            1,
+            "input line 1: expected a JSON string or an object",
+        ),
+        ("\"ok\"\n\n", 2, "input line 2: not valid JSON"),
     ] {
         let out = bge(&["embed", "--model", &tiny_bge()], input, &[]);
-        let line = error_line(&out, 1);
+        let line = error_on_line(&out, n);
         assert!(line.contains(want), "{input:?}: {line}");
     }
     let mut bytes = b"\"ok\"\n\"".to_vec();
     bytes.extend([0xff, 0xfe, b'"', b'\n']);
     let out = bge(&["embed", "--model", &tiny_bge()], bytes, &[]);
-    let line = error_line(&out, 1);
+    let line = error_on_line(&out, 2);
     assert!(line.contains("input line 2: not valid UTF-8"), "{line}");
 }
 
@@ -469,14 +502,14 @@ fn out_of_range_lengths_and_sizes_are_refused() {
         "\"x\"\n",
         &[],
     );
-    assert!(error_line(&out, 1).contains("--dtype f16 needs a GPU"));
+    assert!(error_line(&out, 1).contains("dtype f16 needs a GPU device"));
     let gpu_bf16 = ["embed", "--model", &tiny_bge(), "--dtype", "bf16"];
     let out = bge(
         &[&gpu_bf16[..], &["--device", "gpu"]].concat(),
         "\"x\"\n",
         &[],
     );
-    assert!(error_line(&out, 1).contains("--dtype bf16 is for the CPU backend"));
+    assert!(error_line(&out, 1).contains("dtype bf16 is for the CPU backend"));
     let out = bge(
         &[&gpu_bf16[..], &["--device", "reference"]].concat(),
         "\"x\"\n",
@@ -841,7 +874,12 @@ fn m3_and_reranker_errors_are_one_line() {
     assert!(
         error_line(&out, 1).contains("input line 1: the object has no string field \"passage\"")
     );
-    let out = bge(&["rerank", "--model", &tiny_m3()], "\"just text\"\n", &[]);
+    let reranker = model_dir("tiny-reranker");
+    let out = bge(
+        &["rerank", "--model", reranker.to_str().unwrap()],
+        "\"just text\"\n",
+        &[],
+    );
     assert!(
         error_line(&out, 1)
             .contains("input line 1: expected an object with \"query\" and \"passage\"")

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bge::embedder::INSTRUCTION_EN;
+use bge::INSTRUCTION_EN;
 use bge::{Device, FlagModel, Options, Pooling};
 use common::{assert_rows, devices, load, model_dir, reference, texts, tol};
 
@@ -141,7 +141,7 @@ fn minilm_mean_and_cls_pooling() {
         };
         // 1_Pooling/config.json says mean.
         let model = FlagModel::load(dir.to_str().unwrap(), &options).unwrap();
-        assert_eq!(model.pooling, Pooling::Mean);
+        assert_eq!(model.pooling(), Pooling::Mean);
         let got = model.encode(&refs(&sentences)).unwrap();
         assert_rows(
             "minilm mean",

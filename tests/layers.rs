@@ -5,13 +5,13 @@ mod common;
 
 use std::path::Path;
 
+use bge::ModelConfig;
 use bge::backend::Backend;
 use bge::backend::gpu::{Gpu, GpuOptions};
 use bge::backend::reference::Reference;
-use bge::config::ModelConfig;
-use bge::model::{self, Checkpoint, Encoder, Probe};
-use bge::tokenize::Encoded;
-use bge::weights::Weights;
+use bge::internals::Encoded;
+use bge::internals::Weights;
+use bge::internals::{self as model, Checkpoint, Encoder, Probe};
 use common::{Tensor, Tolerance, assert_close, load, model_dir, reference, to_f64, tol};
 
 /// Runs sentences `0..n` of `dump` through `dir`'s encoder on backend `b` and compares every
@@ -162,7 +162,7 @@ fn check_forward_rows<B: Backend>(b: &B) {
     let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
     let encoder = Encoder::load(b, &config, &Checkpoint::new(&weights).unwrap()).unwrap();
-    let (packed, _) = bge::bench::inputs(&config, 5, 40, true, 3).unwrap();
+    let (packed, _) = bge::internals::bench_inputs(&config, 5, 40, true, 3).unwrap();
     let batch = b.batch(&packed).unwrap();
     let rows = packed.first_rows();
     let full = b

@@ -3,9 +3,8 @@
 
 mod common;
 
-use bge::llm_embedder::{self, Task};
-use bge::{FlagModel, Options};
-use clap::ValueEnum;
+use bge::llm_embedder;
+use bge::{LlmEmbedder, Options, Task};
 use common::{
     assert_close, assert_rows, devices, load, model_dir, read_json, reference, texts, tol,
 };
@@ -16,12 +15,13 @@ fn the_instruction_table_is_flagembeddings() {
     assert_eq!(table["query_max_length"], llm_embedder::QUERY_MAX_LENGTH);
     assert_eq!(table["key_max_length"], llm_embedder::KEY_MAX_LENGTH);
     let tasks = table["instructions"].as_object().unwrap();
-    assert_eq!(tasks.len(), Task::value_variants().len());
-    for task in Task::value_variants() {
-        let name = task.to_possible_value().unwrap().get_name().to_owned();
+    assert_eq!(tasks.len(), Task::ALL.len());
+    for task in Task::ALL {
+        let name = task.name();
+        assert_eq!(name.parse::<Task>().unwrap(), task);
         let (query, key) = task.instructions();
-        assert_eq!(tasks[&name]["query"], query, "{name}");
-        assert_eq!(tasks[&name]["key"], key, "{name}");
+        assert_eq!(tasks[name]["query"], query, "{name}");
+        assert_eq!(tasks[name]["key"], key, "{name}");
     }
 }
 
@@ -36,11 +36,11 @@ fn queries_keys_and_scores_per_task() {
             device,
             ..Options::default()
         };
-        let model = FlagModel::load(model_dir("tiny-bge").to_str().unwrap(), &options).unwrap();
-        for &task in Task::value_variants() {
-            let name = task.to_possible_value().unwrap().get_name().to_owned();
-            let got_q = llm_embedder::encode_queries(&model, task, &q).unwrap();
-            let got_k = llm_embedder::encode_keys(&model, task, &k).unwrap();
+        let model = LlmEmbedder::load(model_dir("tiny-bge").to_str().unwrap(), &options).unwrap();
+        for task in Task::ALL {
+            let name = task.name();
+            let got_q = model.encode_queries(task, &q).unwrap();
+            let got_k = model.encode_keys(task, &k).unwrap();
             assert_rows(
                 &format!("{name} queries"),
                 &got_q,

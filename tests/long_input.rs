@@ -3,11 +3,12 @@
 
 mod common;
 
-use bge::backend::Backend;
+use bge::ModelConfig;
 use bge::backend::gpu::{Gpu, GpuOptions};
 use bge::backend::reference::Reference;
-use bge::config::{Arch, Head, ModelConfig};
-use bge::model::{Encoder, RandomParams};
+use bge::backend::{Backend, Kernels};
+use bge::internals::{Arch, ConfigHead as Head};
+use bge::internals::{Encoder, RandomParams};
 use common::{assert_close, to_f64, tol};
 
 /// bge-m3's architecture and position range at a tiny width.
@@ -30,7 +31,7 @@ fn long_config() -> ModelConfig {
 /// Runs one sequence of `len` tokens; returns the output and the pool's peak and largest
 /// buffer during the forward pass.
 fn run_gpu(gpu: &Gpu, encoder: &Encoder<Gpu>, len: usize) -> (Vec<f32>, u64, u64) {
-    let (packed, _) = bge::bench::inputs(&encoder.config, 1, len, false, 7).unwrap();
+    let (packed, _) = bge::internals::bench_inputs(&encoder.config, 1, len, false, 7).unwrap();
     let batch = gpu.batch(&packed).unwrap();
     gpu.reset_pool_peaks();
     let out = encoder.forward(gpu, &batch).unwrap();
@@ -65,9 +66,10 @@ fn an_8192_token_input_runs_in_linear_memory() {
     assert!(largest_8k >= 4 * largest_2k - largest_2k / 2);
 
     // And it computes the right thing: the reference on the same 8192 tokens.
-    let (packed, _) = bge::bench::inputs(&config, 1, 8192, false, 7).unwrap();
+    let (packed, _) = bge::internals::bench_inputs(&config, 1, 8192, false, 7).unwrap();
     let reference = Encoder::load(&Reference, &config, &RandomParams { seed: 3 }).unwrap();
-    let want = reference.forward(&Reference, &packed).unwrap().data;
+    let batch = Reference.batch(&packed).unwrap();
+    let want = reference.forward(&Reference, &batch).unwrap().data;
     assert_close(
         "8192 tokens, gpu vs reference",
         &to_f64(&out),

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use bge::heads::sparse::LexicalWeights;
+use bge::LexicalWeights;
 use bge::m3::{self, M3Model, PairScores};
 use bge::{Device, Options, Want};
 use common::{
@@ -104,7 +104,7 @@ fn encode_at_1024_and_32_matches_bgem3flagmodel() {
             let file = reference(&format!("tiny_m3/encode_max{max_length}.safetensors"));
             let what = format!("{device:?} max{max_length}");
             let got = model
-                .model
+                .model()
                 .embed(&refs(&sentences), None, max_length, ALL, &mut |_| {})
                 .unwrap();
             assert_rows(
@@ -335,7 +335,7 @@ fn pytorch_model_bin_alone_loads_the_same_model() {
     .unwrap();
     let file = reference("tiny_m3/encode_max32.safetensors");
     let got = model
-        .model
+        .model()
         .embed(&refs(&texts("sentences")), None, 32, ALL, &mut |_| {})
         .unwrap();
     assert_rows(

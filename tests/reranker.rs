@@ -4,6 +4,7 @@
 
 mod common;
 
+use bge::internals::Tokenizer;
 use bge::{Device, Reranker};
 use common::{assert_close, devices, model_dir, read_json, reference, tol};
 use serde_json::Value;
@@ -31,15 +32,14 @@ fn reranker(device: Device, max_length: usize) -> Reranker {
         bge::Dtype::F32,
     )
     .unwrap();
-    r.max_length = max_length;
+    r.set_max_length(max_length).unwrap();
     r
 }
 
 #[test]
 fn pair_ids_follow_prepare_for_model() {
     let (f, pairs) = fixture();
-    let r = reranker(Device::Reference, 512);
-    let t = r.tokenizer();
+    let t = Tokenizer::from_file(&model_dir("tiny-reranker").join("tokenizer.json")).unwrap();
     for run in f["runs"].as_array().unwrap() {
         let max_length = run["max_length"].as_u64().unwrap() as usize;
         let query_max_length = run["query_max_length"].as_u64().unwrap() as usize;
@@ -109,4 +109,16 @@ fn embedders_are_not_rerankers() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("is not a reranker"), "{err}");
+}
+
+#[test]
+fn lengths_and_batch_sizes_out_of_range_are_refused() {
+    let mut r = reranker(Device::Reference, 512);
+    for bad in [0, 1, 515] {
+        let err = r.set_max_length(bad).unwrap_err();
+        assert!(err.to_string().contains("is outside 2..="), "{err}");
+    }
+    assert_eq!(r.max_length(), 512, "a refused length changes nothing");
+    let err = r.set_batch_size(0).unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use bge::tokenize::Tokenizer;
+use bge::internals::Tokenizer;
 use common::{model_dir, read_json, reference};
 
 /// Checks every item of a `tokens_*.json` fixture: ids, type ids, untruncated length.

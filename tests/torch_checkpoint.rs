@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use bge::weights::{DType, WeightFile, parse_bytes};
+use bge::internals::{DType, WeightFile, parse_bytes};
 use common::model_dir;
 use common::torch_file::*;
 

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use bge::config::ModelConfig;
-use bge::weights::parse_bytes;
+use bge::ModelConfig;
+use bge::internals::parse_bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! error is the expected outcome.
 #![no_main]
 
-use bge::weights::parse_bytes;
+use bge::internals::parse_bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,24 +1,42 @@
 //! The backend contract: the closed list of operations a BERT / XLM-RoBERTa encoder and the BGE
-//! heads are made of. The model code ([`crate::model`]) is written once against this trait; the
-//! [`reference`](mod@reference) backend implements it as plain loops and is the specification every faster
-//! backend is tested against.
+//! heads are made of. The model code is written once against [`Backend`]; the
+//! [`reference`](mod@reference) backend implements it as plain loops and is the specification
+//! every faster backend is tested against.
+//!
+//! Two traits, so that every backend answers a mistake the same way:
+//! * [`Backend`] is what callers use. Each operation checks its operands' shapes here, once for
+//!   all backends, and answers a mismatch with [`Error::Shape`]; then it runs the kernel.
+//! * [`Kernels`] is what a backend implements: each `*_unchecked` kernel may assume that its
+//!   operands passed those checks. Every [`Kernels`] type is a [`Backend`] (a blanket
+//!   implementation), and no backend can replace the checks.
 //!
 //! Conventions shared by every operation (stated here once):
-//! * A [`Backend::Tensor`] is a row-major `[rows, cols]` matrix; activations have one row per
-//!   token. Batches are **packed**: the tokens of all sequences are concatenated, and a
-//!   [`PackedBatch`]'s `offsets` say where each sequence starts. There is no padding anywhere,
-//!   so a padded token can neither leak into attention nor cost work. (This equals
-//!   FlagEmbedding's padded computation: its mask adds `finfo.min` to padded keys, whose
-//!   softmax weight is then exactly 0.)
+//! * A [`Backend::Tensor`](Kernels::Tensor) is a row-major `[rows, cols]` matrix; activations
+//!   have one row per token. Batches are **packed**: the tokens of all sequences are
+//!   concatenated, and a [`PackedBatch`]'s `offsets` say where each sequence starts. There is
+//!   no padding anywhere, so a padded token can neither leak into attention nor cost work.
+//!   (This equals FlagEmbedding's padded computation: its mask adds `finfo.min` to padded keys,
+//!   whose softmax weight is then exactly 0.)
 //! * Linear weights are `[out, in]` as Hugging Face stores them: `y = x W^T + b`.
-//! * Arithmetic: inputs and outputs are f32 unless a backend was built for f16 storage; sums
-//!   (dot products, means, variances, softmax denominators) always accumulate in f32 or wider.
+//! * Arithmetic: inputs and outputs are f32 unless a backend was built for a narrower storage
+//!   ([`Kernels::Precision`]); sums (dot products, means, variances, softmax denominators)
+//!   always accumulate in f32 or wider.
+//! * Every row is computed from its own inputs only, in an order that does not depend on the
+//!   other rows: a text's vectors are the same bits whichever batch it is in.
 
+mod batch;
 pub mod cpu;
 pub mod gpu;
+mod kernels;
 pub mod reference;
 
+pub use batch::{BatchDims, HostBatch, PackedBatch};
+pub use kernels::Kernels;
+
 use crate::error::{Error, Result};
+
+/// `[rows, cols]` of a tensor or an embedding table; `[out, in]` of a linear layer.
+pub type Dims = [usize; 2];
 
 /// The epilogue of [`Backend::matmul`], applied to `x W^T + b` element-wise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +50,13 @@ pub enum Activation {
     Relu,
 }
 
-/// Storage precision of weights and activations on a backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// The storage precision a user asks for. Each backend has its own precision type
+/// ([`Kernels::Precision`]) holding only what it can run, converted from this one with a clear
+/// error for the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Dtype {
+    /// f32 everywhere: FlagEmbedding's numbers to ~1e-6.
+    #[default]
     F32,
     /// GPU: linear weights stored as f16, activations f32.
     F16,
@@ -43,6 +65,10 @@ pub enum Dtype {
 }
 
 impl Dtype {
+    /// Every precision, in the order of [`Dtype::name`]'s list.
+    pub const ALL: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::Bf16];
+
+    /// `f32`, `f16` or `bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
@@ -52,122 +78,93 @@ impl Dtype {
     }
 }
 
-/// The host-side token inputs of one batch, packed without padding.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PackedBatch {
-    /// `[T]` token ids of all sequences, concatenated.
-    pub ids: Vec<u32>,
-    /// `[T]` token type (segment) ids.
-    pub type_ids: Vec<u32>,
-    /// `[T]` position ids (BERT: `0..len`; XLM-R: `pad+1 ..`).
-    pub position_ids: Vec<u32>,
-    /// `[B+1]` sequence `s` is tokens `offsets[s]..offsets[s+1]`; `offsets[0] = 0`.
-    pub offsets: Vec<u32>,
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
-impl PackedBatch {
-    pub fn tokens(&self) -> usize {
-        self.ids.len()
-    }
+impl std::str::FromStr for Dtype {
+    type Err = Error;
 
-    pub fn sequences(&self) -> usize {
-        self.offsets.len().saturating_sub(1)
+    fn from_str(s: &str) -> Result<Self> {
+        Dtype::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("unknown dtype `{s}` (expected f32, f16 or bf16)"))
+            })
     }
+}
 
-    /// Token range of sequence `s`.
-    pub fn range(&self, s: usize) -> std::ops::Range<usize> {
-        self.offsets[s] as usize..self.offsets[s + 1] as usize
+/// The head sizes a backend's attention takes: multiples of `multiple`, at most `max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadDims {
+    pub multiple: usize,
+    pub max: usize,
+}
+
+impl HeadDims {
+    /// Every head size.
+    pub const ANY: HeadDims = HeadDims {
+        multiple: 1,
+        max: usize::MAX,
+    };
+
+    pub fn contains(self, d: usize) -> bool {
+        d > 0 && d.is_multiple_of(self.multiple) && d <= self.max
     }
+}
 
-    /// The longest sequence in the batch.
-    pub fn max_len(&self) -> usize {
-        (0..self.sequences())
-            .map(|s| self.range(s).len())
-            .max()
-            .unwrap_or(0)
-    }
+fn shape_error(op: &str, message: String) -> Error {
+    Error::Shape(format!("{op}: {message}"))
+}
 
-    /// The first row of every sequence (`[CLS]` / `<s>`).
-    pub fn first_rows(&self) -> Vec<u32> {
-        self.offsets[..self.sequences()].to_vec()
-    }
-
-    /// Checks the invariants every backend relies on, so no kernel can index out of bounds:
-    /// consistent lengths, non-empty sequences, and ids inside the embedding tables.
-    pub fn validate(&self, vocab: usize, positions: usize, types: usize) -> Result<()> {
-        let t = self.ids.len();
-        let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.type_ids.len() != t || self.position_ids.len() != t {
-            return bad("packed batch: ids, type ids and positions differ in length".into());
-        }
-        if self.offsets.first() != Some(&0) || self.offsets.last() != Some(&(t as u32)) {
-            return bad("packed batch: offsets must run from 0 to the token count".into());
-        }
-        if self.offsets.windows(2).any(|w| w[1] <= w[0]) {
-            return bad("packed batch: every sequence needs at least one token".into());
-        }
-        if let Some(id) = self.ids.iter().find(|&&id| id as usize >= vocab) {
-            return bad(format!(
-                "token id {id} is outside the model's vocabulary of {vocab}: the tokenizer and the weights do not belong together"
-            ));
-        }
-        if let Some(p) = self.position_ids.iter().find(|&&p| p as usize >= positions) {
-            return bad(format!(
-                "position {p} is outside the model's {positions} position embeddings"
-            ));
-        }
-        if let Some(ty) = self.type_ids.iter().find(|&&ty| ty as usize >= types) {
-            return bad(format!(
-                "token type {ty} is outside the model's {types} token types"
-            ));
-        }
+/// Passes when `ok`, else a [`Error::Shape`] naming `op`.
+fn ensure(ok: bool, op: &str, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
         Ok(())
+    } else {
+        Err(shape_error(op, message()))
     }
 }
 
-/// The closed set of operations. Shapes use `T` tokens, `B` sequences, `h` hidden size.
-pub trait Backend {
-    /// A `[rows, cols]` matrix in the backend's memory.
-    type Tensor;
-    /// An embedding table `[rows, cols]`: only ever gathered from, by [`Backend::embed`].
-    type Table;
-    /// A linear layer's `[out, in]` weight and `[out]` bias, in the layout the backend prefers.
-    type Linear;
-    /// A [`PackedBatch`] in the backend's memory.
-    type Batch;
+/// A `[rows, cols]` matrix of `len` values.
+fn ensure_len(op: &str, what: &str, len: usize, [rows, cols]: Dims) -> Result<()> {
+    ensure(rows.checked_mul(cols) == Some(len), op, || {
+        format!("{what} [{rows}, {cols}] given {len} values")
+    })
+}
 
-    /// One line naming the backend, device and precision (for `bge bench` and errors).
-    fn describe(&self) -> String;
-
-    /// The processor this backend runs on: a CPU model or a GPU adapter name.
-    fn adapter(&self) -> String;
-
-    /// The most bytes of intermediate tensors held at once so far, where the backend keeps
-    /// count (the GPU's buffer pool); the host process's peak is measured separately.
-    fn activation_peak_bytes(&self) -> Option<u64> {
-        None
-    }
-
-    /// The most elements one tensor may hold (a GPU's buffer binding limit); batches are split
-    /// so that no activation exceeds it.
-    fn max_tensor_elements(&self) -> usize {
-        usize::MAX
-    }
-
+/// The operations, each checked once here for every backend, then run by the backend's
+/// [`Kernels`]. Shapes use `T` tokens, `B` sequences, `h` hidden size.
+pub trait Backend: Kernels {
     /// Copies `data` (`[rows, cols]`, row-major) into a new tensor.
-    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor> {
+        ensure_len("tensor", "a tensor", data.len(), [rows, cols])?;
+        self.tensor_unchecked(data, rows, cols)
+    }
 
     /// Prepares an embedding table from `data` (`[rows, cols]`, row-major).
-    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Table>;
-
-    /// Copies a tensor back to the host as f32, waiting for any queued work.
-    fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Table> {
+        ensure_len("table", "a table", data.len(), [rows, cols])?;
+        self.table_unchecked(data, rows, cols)
+    }
 
     /// Prepares a linear layer from `weight` `[out, in]` and `bias` `[out]`.
-    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<Self::Linear>;
+    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<Self::Linear> {
+        ensure_len("linear", "a weight", weight.len(), [out, inp])?;
+        ensure(bias.len() == out, "linear", || {
+            format!("{} biases for {out} outputs", bias.len())
+        })?;
+        self.linear_unchecked(weight, bias, out, inp)
+    }
 
-    /// Uploads a batch's token inputs (already [`PackedBatch::validate`]d).
-    fn batch(&self, batch: &PackedBatch) -> Result<Self::Batch>;
+    /// Checks a batch's token inputs ([`PackedBatch::dims`]) and moves them to the backend.
+    fn batch(&self, batch: &PackedBatch) -> Result<Self::Batch> {
+        let dims = batch.dims()?;
+        self.batch_unchecked(batch, dims)
+    }
 
     /// `[T, h]`: `word[ids[t]] + position[position_ids[t]] + token_type[type_ids[t]]`.
     fn embed(
@@ -176,10 +173,37 @@ pub trait Backend {
         word: &Self::Table,
         position: &Self::Table,
         token_type: &Self::Table,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let d = self.batch_dims(batch);
+        let [w, p, ty] = [word, position, token_type].map(|t| self.table_dims(t));
+        ensure(w[1] == p[1] && w[1] == ty[1], "embed", || {
+            format!(
+                "the word, position and token type tables are {}, {} and {} wide",
+                w[1], p[1], ty[1]
+            )
+        })?;
+        for (name, needed, [rows, _]) in [
+            ("token id", d.id_rows, w),
+            ("position", d.position_rows, p),
+            ("token type", d.type_rows, ty),
+        ] {
+            ensure(needed <= rows, "embed", || {
+                format!("{name} {} is outside the table's {rows} rows", needed - 1)
+            })?;
+        }
+        self.embed_unchecked(batch, word, position, token_type)
+    }
 
     /// `[T, out]`: `act(x W^T + b)` for `x` `[T, in]`.
-    fn matmul(&self, x: &Self::Tensor, w: &Self::Linear, act: Activation) -> Result<Self::Tensor>;
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Linear, act: Activation) -> Result<Self::Tensor> {
+        let ([rows, cols], [out, inp]) = (self.tensor_dims(x), self.linear_dims(w));
+        ensure(cols == inp, "matmul", || {
+            format!(
+                "the input is [{rows}, {cols}] but the layer [{out}, {inp}] takes {inp} columns"
+            )
+        })?;
+        self.matmul_unchecked(x, w, act)
+    }
 
     /// `[T, h]`: LayerNorm over each row of `x + residual` (or `x`), with `gamma`/`beta` `[1, h]`:
     /// `(v - mean) / sqrt(var + eps) * gamma + beta`, biased variance.
@@ -190,28 +214,85 @@ pub trait Backend {
         gamma: &Self::Tensor,
         beta: &Self::Tensor,
         eps: f32,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let [rows, h] = self.tensor_dims(x);
+        for (name, p) in [("gamma", gamma), ("beta", beta)] {
+            let dims = self.tensor_dims(p);
+            ensure(dims == [1, h], "layer norm", || {
+                format!("{name} is {dims:?} for rows of {h}: it must be [1, {h}]")
+            })?;
+        }
+        if let Some(r) = residual {
+            let dims = self.tensor_dims(r);
+            ensure(dims == [rows, h], "layer norm", || {
+                format!("the residual is {dims:?} for an input of [{rows}, {h}]")
+            })?;
+        }
+        self.layer_norm_unchecked(x, residual, gamma, beta, eps)
+    }
 
     /// `[T, h]`: multi-head self-attention inside each sequence of `batch`. `qkv` is `[T, 3h]`
     /// with Q in columns `0..h`, K in `h..2h`, V in `2h..3h`; head `j` owns columns
-    /// `j*d..(j+1)*d` of each (`d = h / heads`). Output row `t`, head `j`:
-    /// `softmax(q_t . k_s / sqrt(d) over s in t's sequence) . v`.
+    /// `j*d..(j+1)*d` of each (`d = h / heads`, a size [`Kernels::head_dims`] allows). Output
+    /// row `t`, head `j`: `softmax(q_t . k_s / sqrt(d) over s in t's sequence) . v`.
     fn attention(
         &self,
         qkv: &Self::Tensor,
         batch: &Self::Batch,
         heads: usize,
-    ) -> Result<Self::Tensor>;
+    ) -> Result<Self::Tensor> {
+        let ([rows, cols], tokens) = (self.tensor_dims(qkv), self.batch_dims(batch).tokens);
+        ensure(rows == tokens, "attention", || {
+            format!("qkv has {rows} rows for a batch of {tokens} tokens")
+        })?;
+        ensure(cols.is_multiple_of(3), "attention", || {
+            format!("qkv has {cols} columns, not three blocks of h")
+        })?;
+        let h = cols / 3;
+        ensure(heads > 0 && h.is_multiple_of(heads), "attention", || {
+            format!("a hidden size of {h} does not split into {heads} heads")
+        })?;
+        let (d, allowed) = (h / heads, self.head_dims());
+        ensure(allowed.contains(d), "attention", || {
+            format!(
+                "head size {d} is not supported by {}: it takes multiples of {} up to {}",
+                self.describe(),
+                allowed.multiple,
+                allowed.max
+            )
+        })?;
+        self.attention_unchecked(qkv, batch, heads)
+    }
 
     /// `[rows.len(), cols]`: the given rows of `x`, in order.
-    fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor> {
+        let [n, _] = self.tensor_dims(x);
+        if let Some(r) = rows.iter().find(|&&r| r as usize >= n) {
+            return Err(shape_error(
+                "gather rows",
+                format!("row {r} is outside the tensor's {n} rows"),
+            ));
+        }
+        self.gather_rows_unchecked(x, rows)
+    }
 
     /// `[B, h]`: the mean of each sequence's rows.
-    fn mean_pool(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    fn mean_pool(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor> {
+        let ([rows, _], tokens) = (self.tensor_dims(x), self.batch_dims(batch).tokens);
+        ensure(rows == tokens, "mean pool", || {
+            format!("the input has {rows} rows for a batch of {tokens} tokens")
+        })?;
+        self.mean_pool_unchecked(x, batch)
+    }
 
-    /// `[rows, cols]`: each row divided by `max(||row||_2, 1e-12)` (`torch.nn.functional.normalize`).
-    fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `[rows, cols]`: each row divided by `max(||row||_2, 1e-12)`
+    /// (`torch.nn.functional.normalize`). Any matrix is a valid input.
+    fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
+        self.l2_normalize_unchecked(x)
+    }
 }
+
+impl<K: Kernels> Backend for K {}
 
 /// The CPU's marketing name (`/proc/cpuinfo`), or the architecture where that is unknown.
 pub fn cpu_name() -> String {

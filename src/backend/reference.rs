@@ -1,8 +1,8 @@
-//! The reference backend: every operation of [`Backend`] as the plainest loops that compute it,
+//! The reference backend: every operation of [`Backend`](super::Backend) as the plainest loops that compute it,
 //! f32 storage with f64 accumulation. It is the executable specification: the SIMD CPU and WGSL
 //! kernels are correct when they match it. Speed is not a goal here.
 
-use super::{Activation, Backend, PackedBatch};
+use super::{Activation, BatchDims, Dims, Dtype, HostBatch, Kernels, PackedBatch};
 use crate::error::Result;
 
 /// A row-major `[rows, cols]` matrix in host memory.
@@ -53,6 +53,18 @@ pub struct Linear {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reference;
 
+/// The reference backend's one precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+}
+
+impl From<Precision> for Dtype {
+    fn from(_: Precision) -> Dtype {
+        Dtype::F32
+    }
+}
+
 /// Exact GELU: `x/2 * (1 + erf(x / sqrt 2))`.
 pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
@@ -67,11 +79,16 @@ pub fn activate(act: Activation, x: f64) -> f64 {
     }
 }
 
-impl Backend for Reference {
+impl Kernels for Reference {
     type Tensor = Matrix;
     type Table = Matrix;
     type Linear = Linear;
-    type Batch = PackedBatch;
+    type Batch = HostBatch;
+    type Precision = Precision;
+
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
 
     fn describe(&self) -> String {
         "reference (plain loops, f32, one thread)".into()
@@ -81,41 +98,62 @@ impl Backend for Reference {
         super::cpu_name()
     }
 
-    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
-        Matrix::new(data.to_vec(), rows, cols)
+    fn tensor_dims(&self, x: &Matrix) -> Dims {
+        [x.rows, x.cols]
     }
 
-    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
-        self.tensor(data, rows, cols)
+    fn table_dims(&self, t: &Matrix) -> Dims {
+        [t.rows, t.cols]
+    }
+
+    fn linear_dims(&self, w: &Linear) -> Dims {
+        [w.weight.rows, w.weight.cols]
+    }
+
+    fn batch_dims(&self, b: &HostBatch) -> BatchDims {
+        b.dims
     }
 
     fn to_host(&self, x: &Matrix) -> Result<Vec<f32>> {
         Ok(x.data.clone())
     }
 
-    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<Linear> {
-        assert_eq!(
-            bias.len(),
-            out,
-            "bias does not match the layer's output size"
-        );
+    fn tensor_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        Matrix::new(data.to_vec(), rows, cols)
+    }
+
+    fn table_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        Matrix::new(data.to_vec(), rows, cols)
+    }
+
+    fn linear_unchecked(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out: usize,
+        inp: usize,
+    ) -> Result<Linear> {
         Ok(Linear {
-            weight: self.tensor(weight, out, inp)?,
+            weight: Matrix::new(weight.to_vec(), out, inp)?,
             bias: bias.to_vec(),
         })
     }
 
-    fn batch(&self, batch: &PackedBatch) -> Result<PackedBatch> {
-        Ok(batch.clone())
+    fn batch_unchecked(&self, batch: &PackedBatch, dims: BatchDims) -> Result<HostBatch> {
+        Ok(HostBatch {
+            packed: batch.clone(),
+            dims,
+        })
     }
 
-    fn embed(
+    fn embed_unchecked(
         &self,
-        batch: &PackedBatch,
+        batch: &HostBatch,
         word: &Matrix,       // [vocab, h]
         position: &Matrix,   // [max_positions, h]
         token_type: &Matrix, // [type_vocab, h]
     ) -> Result<Matrix> {
+        let batch = &batch.packed;
         let mut out = Matrix::zeros(batch.tokens(), word.cols); // [T, h]
         for t in 0..batch.tokens() {
             let w = word.row(batch.ids[t] as usize);
@@ -128,9 +166,8 @@ impl Backend for Reference {
         Ok(out)
     }
 
-    fn matmul(&self, x: &Matrix, w: &Linear, act: Activation) -> Result<Matrix> {
+    fn matmul_unchecked(&self, x: &Matrix, w: &Linear, act: Activation) -> Result<Matrix> {
         // x: [T, in]  w.weight: [out, in]  w.bias: [out]  ->  [T, out]
-        assert_eq!(x.cols, w.weight.cols, "matmul: inner dimensions differ");
         let mut out = Matrix::zeros(x.rows, w.weight.rows);
         for t in 0..x.rows {
             let xr = x.row(t);
@@ -146,7 +183,7 @@ impl Backend for Reference {
         Ok(out)
     }
 
-    fn layer_norm(
+    fn layer_norm_unchecked(
         &self,
         x: &Matrix,                // [T, h]
         residual: Option<&Matrix>, // [T, h]
@@ -171,8 +208,9 @@ impl Backend for Reference {
         Ok(out)
     }
 
-    fn attention(&self, qkv: &Matrix, batch: &PackedBatch, heads: usize) -> Result<Matrix> {
+    fn attention_unchecked(&self, qkv: &Matrix, batch: &HostBatch, heads: usize) -> Result<Matrix> {
         // qkv: [T, 3h] -> [T, h]
+        let batch = &batch.packed;
         let h = qkv.cols / 3;
         let d = h / heads;
         let scale = 1.0 / (d as f64).sqrt();
@@ -205,7 +243,7 @@ impl Backend for Reference {
         Ok(out)
     }
 
-    fn gather_rows(&self, x: &Matrix, rows: &[u32]) -> Result<Matrix> {
+    fn gather_rows_unchecked(&self, x: &Matrix, rows: &[u32]) -> Result<Matrix> {
         let mut out = Matrix::zeros(rows.len(), x.cols);
         for (i, &r) in rows.iter().enumerate() {
             out.row_mut(i).copy_from_slice(x.row(r as usize));
@@ -213,8 +251,9 @@ impl Backend for Reference {
         Ok(out)
     }
 
-    fn mean_pool(&self, x: &Matrix, batch: &PackedBatch) -> Result<Matrix> {
+    fn mean_pool_unchecked(&self, x: &Matrix, batch: &HostBatch) -> Result<Matrix> {
         // x: [T, h] -> [B, h]
+        let batch = &batch.packed;
         let mut out = Matrix::zeros(batch.sequences(), x.cols);
         for s in 0..batch.sequences() {
             let seq = batch.range(s);
@@ -226,7 +265,7 @@ impl Backend for Reference {
         Ok(out)
     }
 
-    fn l2_normalize(&self, x: &Matrix) -> Result<Matrix> {
+    fn l2_normalize_unchecked(&self, x: &Matrix) -> Result<Matrix> {
         let mut out = x.clone();
         for r in 0..x.rows {
             let norm = x

@@ -1,7 +1,44 @@
-//! BGE-M3 lexical (sparse) weights, as FlagEmbedding builds them from per-token weights
-//! (`inference/embedder/encoder_only/m3.py`, `_process_token_weights`).
+//! BGE-M3's sparse head: a weight per token, `relu(sparse_linear(h_t))`, folded into each
+//! text's lexical weights as FlagEmbedding does (`inference/embedder/encoder_only/m3.py`,
+//! `_sparse_embedding` and `_process_token_weights`).
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
+
+use super::Hidden;
+use crate::backend::{Activation, Backend};
+use crate::error::Result;
+use crate::model::{Params, load_linear};
+
+/// `sparse_linear.pt` on a backend, with the token ids whose weights are dropped.
+pub(crate) struct Sparse<B: Backend> {
+    /// `[1, h]`
+    linear: B::Linear,
+    /// The tokenizer's `cls`, `eos`, `pad` and `unk` ids.
+    skip: Vec<u32>,
+}
+
+impl<B: Backend> Sparse<B> {
+    /// `weight` `[1, h]` and `bias` `[1]` from `params`.
+    pub fn load(b: &B, params: &dyn Params, h: usize, skip: Vec<u32>) -> Result<Self> {
+        Ok(Sparse {
+            linear: load_linear(b, params, "", 1, h)?,
+            skip,
+        })
+    }
+
+    /// Each sequence's lexical weights. Needs every token's hidden state.
+    pub fn forward(&self, b: &B, hidden: &Hidden<B>) -> Result<Vec<LexicalWeights>> {
+        let batch = hidden.batch;
+        let weights = b.matmul(&hidden.states, &self.linear, Activation::Relu)?; // [T, 1]
+        let weights = b.to_host(&weights)?;
+        Ok((0..batch.sequences())
+            .map(|s| {
+                let r = batch.range(s);
+                LexicalWeights::from_tokens(&batch.ids[r.clone()], &weights[r], &self.skip)
+            })
+            .collect())
+    }
+}
 
 /// A text's lexical weights: `(token id, weight)` in order of first occurrence, one entry per
 /// id. Serialises as FlagEmbedding's dict: `{"<token id>": weight, ...}`.
@@ -25,6 +62,7 @@ impl LexicalWeights {
         LexicalWeights(out)
     }
 
+    /// The weight of token `id`, if the text has it.
     pub fn get(&self, id: u32) -> Option<f32> {
         self.0.iter().find(|(i, _)| *i == id).map(|&(_, w)| w)
     }

@@ -151,6 +151,9 @@ impl<B: Backend> Encoder<B> {
         let sum = b.embed(batch, &self.word, &self.position, &self.token_type)?;
         probe(Probe::EmbeddingsSum, &sum)?;
         let mut x = b.layer_norm(&sum, None, &self.norm.gamma, &self.norm.beta, eps)?; // [T, h]
+        if let (Some(rows), true) = (rows, self.layers.is_empty()) {
+            x = b.gather_rows(&x, rows)?; // no layer to cut short: [T, h] -> [rows, h]
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             probe(Probe::Hidden(l), &x)?;
             let qkv = b.matmul(&x, &layer.qkv, Activation::None)?; // [T, 3h]

@@ -3,6 +3,7 @@
 
 pub mod encoder;
 
+pub(crate) use encoder::load_linear;
 pub use encoder::{Encoder, Probe};
 
 use crate::backend::PackedBatch;
@@ -139,10 +140,22 @@ pub fn pack(config: &ModelConfig, seqs: &[&Encoded]) -> Result<PackedBatch> {
             .extend((0..s.ids.len() as u32).map(|i| first + i));
         b.offsets.push(b.ids.len() as u32);
     }
-    b.validate(
-        config.vocab_size,
-        config.max_position_embeddings,
-        config.type_vocab_size,
-    )?;
+    let dims = b.dims()?;
+    for (what, needed, rows) in [
+        ("token id", dims.id_rows, config.vocab_size),
+        (
+            "position",
+            dims.position_rows,
+            config.max_position_embeddings,
+        ),
+        ("token type", dims.type_rows, config.type_vocab_size),
+    ] {
+        if needed > rows {
+            return Err(Error::InvalidArgument(format!(
+                "{what} {} is outside the model's {rows} {what}s: the tokenizer and the weights do not belong together",
+                needed - 1
+            )));
+        }
+    }
     Ok(b)
 }

@@ -10,17 +10,51 @@ pub mod simd;
 use std::mem::MaybeUninit;
 
 use super::reference::Matrix;
-use super::{Activation, Backend, PackedBatch};
+use super::{Activation, BatchDims, Dims, Dtype, HostBatch, Kernels, PackedBatch};
 use crate::error::{Error, Result};
 use gemm::PackedLinear;
 use simd::Isa;
 
 /// The CPU backend: the best instruction set of this CPU and a pool of worker threads.
+/// Concurrent forward passes share the pool: each runs on it ([`Kernels::run_pass`]), and
+/// each thread keeps its own working memory, so they proceed in parallel.
 pub struct Cpu {
     isa: Isa,
-    /// Linear layers in bf16 ([`PackedLinear::bf16`]); attention and row ops stay f32.
-    bf16: bool,
+    precision: CpuPrecision,
     pool: rayon::ThreadPool,
+}
+
+/// What the CPU backend stores linear layers in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CpuPrecision {
+    #[default]
+    F32,
+    /// Linear layers in bf16 ([`PackedLinear::bf16`], AVX-512 BF16); attention and the row
+    /// operations stay f32.
+    Bf16,
+}
+
+impl From<CpuPrecision> for Dtype {
+    fn from(p: CpuPrecision) -> Dtype {
+        match p {
+            CpuPrecision::F32 => Dtype::F32,
+            CpuPrecision::Bf16 => Dtype::Bf16,
+        }
+    }
+}
+
+impl TryFrom<Dtype> for CpuPrecision {
+    type Error = Error;
+
+    fn try_from(d: Dtype) -> Result<Self> {
+        match d {
+            Dtype::F32 => Ok(CpuPrecision::F32),
+            Dtype::Bf16 => Ok(CpuPrecision::Bf16),
+            Dtype::F16 => Err(Error::InvalidArgument(
+                "dtype f16 needs a GPU device; the CPU takes f32 or bf16".into(),
+            )),
+        }
+    }
 }
 
 impl Cpu {
@@ -40,7 +74,7 @@ impl Cpu {
         let threads = match threads {
             Some(0) => {
                 return Err(Error::InvalidArgument(
-                    "--threads must be at least 1".into(),
+                    "the CPU backend needs at least 1 thread".into(),
                 ));
             }
             Some(t) => t,
@@ -53,16 +87,18 @@ impl Cpu {
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
         Ok(Cpu {
             isa,
-            bf16: false,
+            precision: CpuPrecision::F32,
             pool,
         })
     }
 
-    /// The same backend with its linear layers in bf16 (AVX-512 BF16); an error on CPUs
-    /// without it.
-    pub fn bf16(self) -> Result<Self> {
-        PackedLinear::bf16(&[0.0], &[0.0], 1, 1)?;
-        Ok(Cpu { bf16: true, ..self })
+    /// The same backend storing its linear layers in `precision`; bf16 is an error on CPUs
+    /// without AVX-512 BF16.
+    pub fn with_precision(self, precision: CpuPrecision) -> Result<Self> {
+        if precision == CpuPrecision::Bf16 {
+            PackedLinear::bf16(&[0.0], &[0.0], 1, 1)?;
+        }
+        Ok(Cpu { precision, ..self })
     }
 
     /// The worker threads.
@@ -72,12 +108,6 @@ impl Cpu {
 
     pub fn isa(&self) -> Isa {
         self.isa
-    }
-
-    /// Runs `f` on one of the pool's threads, so that the operations it calls share out their
-    /// work without waking the calling thread in between.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
     }
 }
 
@@ -108,24 +138,21 @@ unsafe fn written(
     Ok(Matrix { data, rows, cols })
 }
 
-fn check(ok: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(what()))
-    }
-}
-
-impl Backend for Cpu {
+impl Kernels for Cpu {
     type Tensor = Matrix;
     type Table = Matrix;
     type Linear = PackedLinear;
-    type Batch = PackedBatch;
+    type Batch = HostBatch;
+    type Precision = CpuPrecision;
+
+    fn precision(&self) -> CpuPrecision {
+        self.precision
+    }
 
     fn describe(&self) -> String {
-        let precision = match self.bf16 {
-            true => "bf16 linear layers, f32 sums",
-            false => "f32",
+        let precision = match self.precision {
+            CpuPrecision::Bf16 => "bf16 linear layers, f32 sums",
+            CpuPrecision::F32 => "f32",
         };
         format!(
             "cpu ({}, {} threads, {precision})",
@@ -138,40 +165,70 @@ impl Backend for Cpu {
         super::cpu_name()
     }
 
-    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
-        Matrix::new(data.to_vec(), rows, cols)
+    /// Runs the pass on one of the pool's threads, so that the operations it calls share out
+    /// their work without waking the calling thread in between (a wake-up per operation, ~100
+    /// a pass, is a tenth of a short query's latency). Passes from several threads run side by
+    /// side on the pool.
+    fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(pass)
     }
 
-    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
-        self.tensor(data, rows, cols)
+    fn tensor_dims(&self, x: &Matrix) -> Dims {
+        [x.rows, x.cols]
+    }
+
+    fn table_dims(&self, t: &Matrix) -> Dims {
+        [t.rows, t.cols]
+    }
+
+    fn linear_dims(&self, w: &PackedLinear) -> Dims {
+        [w.out(), w.inp()]
+    }
+
+    fn batch_dims(&self, b: &HostBatch) -> BatchDims {
+        b.dims
     }
 
     fn to_host(&self, x: &Matrix) -> Result<Vec<f32>> {
         Ok(x.data.clone())
     }
 
-    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<PackedLinear> {
-        match self.bf16 {
-            true => PackedLinear::bf16(weight, bias, out, inp),
-            false => PackedLinear::with_isa(weight, bias, out, inp, self.isa),
+    fn tensor_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        Matrix::new(data.to_vec(), rows, cols)
+    }
+
+    fn table_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Matrix> {
+        Matrix::new(data.to_vec(), rows, cols)
+    }
+
+    fn linear_unchecked(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out: usize,
+        inp: usize,
+    ) -> Result<PackedLinear> {
+        match self.precision {
+            CpuPrecision::Bf16 => PackedLinear::bf16(weight, bias, out, inp),
+            CpuPrecision::F32 => PackedLinear::with_isa(weight, bias, out, inp, self.isa),
         }
     }
 
-    fn batch(&self, batch: &PackedBatch) -> Result<PackedBatch> {
-        Ok(batch.clone())
+    fn batch_unchecked(&self, batch: &PackedBatch, dims: BatchDims) -> Result<HostBatch> {
+        Ok(HostBatch {
+            packed: batch.clone(),
+            dims,
+        })
     }
 
-    fn embed(
+    fn embed_unchecked(
         &self,
-        batch: &PackedBatch,
+        batch: &HostBatch,
         word: &Matrix,       // [vocab, h]
         position: &Matrix,   // [positions, h]
         token_type: &Matrix, // [types, h]
     ) -> Result<Matrix> {
-        let h = word.cols;
-        check(position.cols == h && token_type.cols == h, || {
-            "embedding tables differ in width".into()
-        })?;
+        let (batch, h) = (&batch.packed, word.cols);
         let mut out = zeros(batch.tokens(), h); // [T, h]
         rows::embed(
             &self.pool,
@@ -185,7 +242,7 @@ impl Backend for Cpu {
         Ok(out)
     }
 
-    fn matmul(&self, x: &Matrix, w: &PackedLinear, act: Activation) -> Result<Matrix> {
+    fn matmul_unchecked(&self, x: &Matrix, w: &PackedLinear, act: Activation) -> Result<Matrix> {
         // x: [T, in] -> [T, out]
         // SAFETY: `linear_uninit` writes every element when it returns Ok.
         unsafe {
@@ -195,7 +252,7 @@ impl Backend for Cpu {
         }
     }
 
-    fn layer_norm(
+    fn layer_norm_unchecked(
         &self,
         x: &Matrix,                // [T, h]
         residual: Option<&Matrix>, // [T, h]
@@ -204,12 +261,6 @@ impl Backend for Cpu {
         eps: f32,
     ) -> Result<Matrix> {
         let h = x.cols;
-        check(
-            gamma.data.len() == h
-                && beta.data.len() == h
-                && residual.is_none_or(|r| r.data.len() == x.data.len()),
-            || format!("layer norm over {h} columns: parameter or residual shapes differ"),
-        )?;
         // SAFETY: `rows::layer_norm` writes every row of `out`.
         unsafe {
             written(x.rows, h, |out| {
@@ -228,18 +279,9 @@ impl Backend for Cpu {
         }
     }
 
-    fn attention(&self, qkv: &Matrix, batch: &PackedBatch, heads: usize) -> Result<Matrix> {
+    fn attention_unchecked(&self, qkv: &Matrix, batch: &HostBatch, heads: usize) -> Result<Matrix> {
         // qkv: [T, 3h] -> [T, h]
-        let h = qkv.cols / 3;
-        check(
-            qkv.rows == batch.tokens() && qkv.cols == 3 * h && heads > 0 && h.is_multiple_of(heads),
-            || {
-                format!(
-                    "attention: qkv [{}, {}] for {heads} heads",
-                    qkv.rows, qkv.cols
-                )
-            },
-        )?;
+        let (batch, h) = (&batch.packed, qkv.cols / 3);
         // SAFETY: `attention::attention` writes every element when it returns Ok.
         unsafe {
             written(qkv.rows, h, |out| {
@@ -248,26 +290,21 @@ impl Backend for Cpu {
         }
     }
 
-    fn gather_rows(&self, x: &Matrix, rows: &[u32]) -> Result<Matrix> {
-        check(rows.iter().all(|&r| (r as usize) < x.rows), || {
-            format!("gather: a row index is outside the {} rows", x.rows)
-        })?;
+    fn gather_rows_unchecked(&self, x: &Matrix, rows: &[u32]) -> Result<Matrix> {
         let mut out = zeros(rows.len(), x.cols);
         rows::gather(&self.pool, &x.data, rows, &mut out.data, x.cols);
         Ok(out)
     }
 
-    fn mean_pool(&self, x: &Matrix, batch: &PackedBatch) -> Result<Matrix> {
+    fn mean_pool_unchecked(&self, x: &Matrix, batch: &HostBatch) -> Result<Matrix> {
         // x: [T, h] -> [B, h]
-        check(x.rows == batch.tokens(), || {
-            "mean pool: rows and tokens differ".into()
-        })?;
+        let batch = &batch.packed;
         let mut out = zeros(batch.sequences(), x.cols);
         rows::mean_pool(&self.pool, &x.data, batch, &mut out.data, x.cols);
         Ok(out)
     }
 
-    fn l2_normalize(&self, x: &Matrix) -> Result<Matrix> {
+    fn l2_normalize_unchecked(&self, x: &Matrix) -> Result<Matrix> {
         let mut out = zeros(x.rows, x.cols);
         rows::l2_normalize(&self.pool, &x.data, &mut out.data, x.cols);
         Ok(out)

@@ -5,7 +5,8 @@ use std::mem::size_of;
 use bytemuck::{Pod, Zeroable};
 
 use super::{Gpu, GpuBatch, GpuTensor, Kernel};
-use crate::error::{Error, Result};
+use crate::backend::HeadDims;
+use crate::error::Result;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -24,8 +25,11 @@ pub const KERNEL: Kernel = Kernel {
 
 /// Queries per workgroup (`BLOCK` in the shader): the batch's block table is cut at this size.
 pub const BLOCK: usize = 64;
-/// The largest head size the shader's registers hold (`MAX_D4 * 4`).
-const MAX_HEAD_DIM: usize = 128;
+/// The head sizes the shader holds: whole `vec4`s, at most `MAX_D4 = 32` of them.
+pub const HEAD_DIMS: HeadDims = HeadDims {
+    multiple: 4,
+    max: 128,
+};
 
 pub(super) fn attention(
     gpu: &Gpu,
@@ -35,11 +39,6 @@ pub(super) fn attention(
 ) -> Result<GpuTensor> {
     let h = qkv.cols / 3;
     let d = h / heads;
-    if !d.is_multiple_of(4) || d > MAX_HEAD_DIM {
-        return Err(Error::Gpu(format!(
-            "head size {d} is not supported by the attention kernel (a multiple of 4, at most {MAX_HEAD_DIM})"
-        )));
-    }
     let out = gpu.output(qkv.rows, h, "attention output")?; // [T, h]
     if batch.block_count == 0 {
         return Ok(out);

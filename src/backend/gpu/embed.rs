@@ -34,14 +34,14 @@ pub(super) fn embed(
     let gathered;
     let (word, ids, h) = match word {
         GpuTable::Resident(t) => (t.raw(), &batch.ids, t.cols),
-        GpuTable::Host { data, cols } => {
+        GpuTable::Host { data, cols, .. } => {
             let rows: Vec<f32> = batch
                 .host_ids
                 .iter()
                 .flat_map(|&id| &data[id as usize * cols..(id as usize + 1) * cols])
                 .copied()
                 .collect();
-            let identity: Vec<u32> = (0..batch.tokens as u32).collect();
+            let identity: Vec<u32> = (0..batch.dims.tokens as u32).collect();
             gathered = (
                 gpu.upload(bytemuck::cast_slice(&rows), "gathered word embeddings")?,
                 gpu.upload(bytemuck::cast_slice(&identity), "row ids")?,
@@ -49,10 +49,10 @@ pub(super) fn embed(
             (&gathered.0, &gathered.1, *cols)
         }
     };
-    let out = gpu.output(batch.tokens, h, "embeddings")?; // [T, h]
-    if batch.tokens > 0 {
+    let out = gpu.output(batch.dims.tokens, h, "embeddings")?; // [T, h]
+    if batch.dims.tokens > 0 {
         let params = Params {
-            tokens: batch.tokens as u32,
+            tokens: batch.dims.tokens as u32,
             hidden: h as u32,
         };
         let buffers = [
@@ -64,7 +64,7 @@ pub(super) fn embed(
             token_type,
             out.raw(),
         ];
-        let groups = gpu.grid((batch.tokens * h).div_ceil(256));
+        let groups = gpu.grid((batch.dims.tokens * h).div_ceil(256));
         gpu.dispatch(&KERNEL, &[], &params, &buffers, groups)?;
     }
     Ok(out)

@@ -5,8 +5,8 @@ use std::mem::size_of;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Gpu, GpuLinear, GpuTensor, Kernel};
-use crate::backend::{Activation, Dtype};
+use super::{Gpu, GpuLinear, GpuPrecision, GpuTensor, Kernel};
+use crate::backend::Activation;
 use crate::error::Result;
 
 #[repr(C)]
@@ -67,7 +67,6 @@ pub(super) fn matmul(
     act: Activation,
 ) -> Result<GpuTensor> {
     // x: [M, K]  w: [N, K]  ->  [M, N]
-    assert_eq!(x.cols, w.inp, "matmul: inner dimensions differ");
     let (m, n) = (x.rows, w.out);
     let out = gpu.output(m, n, "matmul output")?;
     if m == 0 {
@@ -79,11 +78,10 @@ pub(super) fn matmul(
         k: w.inp as u32,
         activation: activation_code(act),
     };
-    let (kernel, side) = match (w.dtype, gpu.options.matmul) {
-        (Dtype::F16, _) => (&TILED_F16, TILE),
-        (Dtype::Bf16, _) => unreachable!("Gpu::new refuses bf16"),
-        (Dtype::F32, MatmulKernel::Tiled) => (&TILED, TILE),
-        (Dtype::F32, MatmulKernel::Naive) => (&NAIVE, 16),
+    let (kernel, side) = match (w.precision, gpu.options.matmul) {
+        (GpuPrecision::F16, _) => (&TILED_F16, TILE),
+        (GpuPrecision::F32, MatmulKernel::Tiled) => (&TILED, TILE),
+        (GpuPrecision::F32, MatmulKernel::Naive) => (&NAIVE, 16),
     };
     let groups = [n.div_ceil(side) as u32, m.div_ceil(side) as u32, 1];
     let buffers = [x.raw(), &w.weight, &w.bias, out.raw()];

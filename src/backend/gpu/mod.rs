@@ -1,9 +1,15 @@
-//! The wgpu backend: every [`Backend`] operation as a WGSL compute shader from `shaders/`.
+//! The wgpu backend: every [`Backend`](super::Backend) operation as a WGSL compute shader from `shaders/`.
 //!
 //! Residency: weights are uploaded once; an operation only records a dispatch into the pending
 //! command encoder, so a whole forward pass is recorded without a single readback and
-//! submitted when [`Backend::to_host`] needs a result. Intermediate tensors come from a
+//! submitted when [`Kernels::to_host`] needs a result. Intermediate tensors come from a
 //! [`pool::Pool`]; pipelines are compiled once per process ([`context::Context`]).
+//!
+//! Threads: the pending encoder sits behind a mutex held only while one command is recorded,
+//! so concurrent forward passes interleave their commands on the one queue, each in its own
+//! order; a readback submits what is pending and waits without the lock. A pooled buffer goes
+//! back to the pool only after its last command is recorded, so whichever pass takes it next
+//! records its commands after that one (see [`pool`]).
 //!
 //! Each shader has a Rust twin module holding its `Params` struct (`#[repr(C)]`, the layout
 //! of the shader's uniform), its [`Kernel`] description and the dispatch arithmetic.
@@ -16,17 +22,17 @@ mod matmul;
 pub mod pool;
 mod rows;
 
-use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use super::{Activation, Backend, Dtype, PackedBatch};
+use super::{Activation, BatchDims, Dims, Dtype, HeadDims, Kernels, PackedBatch};
 use crate::error::{Error, Result};
 use context::Context;
 use pool::{Pool, PoolStats, PooledBuffer};
 
+pub use context::adapter_report;
 pub use matmul::MatmulKernel;
 
 /// A shader and what the Rust side assumes about it (checked by `tests/shaders.rs`).
@@ -58,8 +64,8 @@ pub const KERNELS: &[&Kernel] = &[
 pub struct GpuOptions {
     /// Adapter index (as `bge devices` lists them); `None` picks the best adapter.
     pub adapter: Option<usize>,
-    /// Storage of linear weights: f16 halves their memory and bandwidth (SHADER_F16 needed).
-    pub dtype: Dtype,
+    /// Storage of linear weights.
+    pub precision: GpuPrecision,
     /// The matmul used for f32 weights.
     pub matmul: MatmulKernel,
 }
@@ -68,8 +74,41 @@ impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             adapter: None,
-            dtype: Dtype::F32,
+            precision: GpuPrecision::F32,
             matmul: MatmulKernel::Tiled,
+        }
+    }
+}
+
+/// What the GPU backend stores linear weights in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuPrecision {
+    #[default]
+    F32,
+    /// f16 weights (SHADER_F16 needed): half their memory and bandwidth; activations and sums
+    /// stay f32.
+    F16,
+}
+
+impl From<GpuPrecision> for Dtype {
+    fn from(p: GpuPrecision) -> Dtype {
+        match p {
+            GpuPrecision::F32 => Dtype::F32,
+            GpuPrecision::F16 => Dtype::F16,
+        }
+    }
+}
+
+impl TryFrom<Dtype> for GpuPrecision {
+    type Error = Error;
+
+    fn try_from(d: Dtype) -> Result<Self> {
+        match d {
+            Dtype::F32 => Ok(GpuPrecision::F32),
+            Dtype::F16 => Ok(GpuPrecision::F16),
+            Dtype::Bf16 => Err(Error::InvalidArgument(
+                "dtype bf16 is for the CPU backend; on a GPU use f16".into(),
+            )),
         }
     }
 }
@@ -78,8 +117,8 @@ pub struct Gpu {
     ctx: Arc<Context>,
     pool: Arc<Pool>,
     options: GpuOptions,
-    /// Commands recorded since the last submission.
-    pending: RefCell<Option<wgpu::CommandEncoder>>,
+    /// Commands recorded since the last submission, by every thread using this backend.
+    pending: Mutex<Option<wgpu::CommandEncoder>>,
 }
 
 /// A `[rows, cols]` f32 matrix in a GPU buffer.
@@ -115,14 +154,18 @@ impl GpuTensor {
 /// the encoder's work.
 pub enum GpuTable {
     Resident(GpuTensor),
-    Host { data: Vec<f32>, cols: usize },
+    Host {
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
 }
 
 /// A linear layer: weight `[out, in]` (f32 or f16) and bias `[out]` (f32).
 pub struct GpuLinear {
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
-    dtype: Dtype,
+    precision: GpuPrecision,
     out: usize,
     inp: usize,
 }
@@ -138,21 +181,15 @@ pub struct GpuBatch {
     /// `[blocks]` of (sequence start, sequence length, first query, 0).
     blocks: wgpu::Buffer,
     block_count: usize,
-    tokens: usize,
-    sequences: usize,
+    dims: BatchDims,
 }
 
 impl Gpu {
     pub fn new(options: GpuOptions) -> Result<Self> {
         let ctx = Context::shared(options.adapter)?;
-        if options.dtype == Dtype::Bf16 {
-            return Err(Error::InvalidArgument(
-                "--dtype bf16 is for the CPU backend; on a GPU use --dtype f16".into(),
-            ));
-        }
-        if options.dtype == Dtype::F16 && !ctx.has_f16() {
+        if options.precision == GpuPrecision::F16 && !ctx.has_f16() {
             return Err(Error::Gpu(format!(
-                "{} has no f16 shader support (SHADER_F16); use --dtype f32",
+                "{} has no f16 shader support (SHADER_F16); use dtype f32",
                 ctx.info.name
             )));
         }
@@ -160,7 +197,7 @@ impl Gpu {
             pool: Pool::new(ctx.clone()),
             ctx,
             options,
-            pending: RefCell::new(None),
+            pending: Mutex::new(None),
         })
     }
 
@@ -241,18 +278,27 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut pending = self.pending.borrow_mut();
-        let encoder = pending.get_or_insert_with(|| {
-            device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") })
+        self.record(|encoder| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.name),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.name),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         Ok(())
+    }
+
+    /// Records commands into the pending encoder (holding its lock only meanwhile).
+    fn record(&self, commands: impl FnOnce(&mut wgpu::CommandEncoder)) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let encoder = pending.get_or_insert_with(|| {
+            self.ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") })
+        });
+        commands(encoder);
     }
 
     /// `count` workgroups folded into x and y under the per-dimension limit; shaders recover
@@ -265,28 +311,60 @@ impl Gpu {
 
     /// Submits the pending commands (if any) and returns whether anything was submitted.
     fn submit(&self) -> Option<wgpu::SubmissionIndex> {
-        let encoder = self.pending.borrow_mut().take()?;
+        let encoder = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
         Some(self.ctx.queue.submit([encoder.finish()]))
     }
 }
 
-impl Backend for Gpu {
+impl Kernels for Gpu {
     type Tensor = GpuTensor;
     type Table = GpuTable;
     type Linear = GpuLinear;
     type Batch = GpuBatch;
+    type Precision = GpuPrecision;
+
+    fn precision(&self) -> GpuPrecision {
+        self.options.precision
+    }
 
     fn describe(&self) -> String {
-        let weights = match self.options.dtype {
-            Dtype::F32 => "f32",
-            Dtype::F16 => "f16 weights, f32 activations",
-            Dtype::Bf16 => unreachable!("Gpu::new refuses bf16"),
+        let weights = match self.options.precision {
+            GpuPrecision::F32 => "f32",
+            GpuPrecision::F16 => "f16 weights, f32 activations",
         };
         format!("wgpu on {} [{weights}]", self.ctx.describe())
     }
 
     fn adapter(&self) -> String {
         self.ctx.info.name.clone()
+    }
+
+    /// The attention kernel keeps a query's head in registers as `vec4`s (`MAX_D4` of them).
+    fn head_dims(&self) -> HeadDims {
+        attention::HEAD_DIMS
+    }
+
+    fn tensor_dims(&self, x: &GpuTensor) -> Dims {
+        [x.rows, x.cols]
+    }
+
+    fn table_dims(&self, t: &GpuTable) -> Dims {
+        match t {
+            GpuTable::Resident(t) => [t.rows, t.cols],
+            GpuTable::Host { rows, cols, .. } => [*rows, *cols],
+        }
+    }
+
+    fn linear_dims(&self, w: &GpuLinear) -> Dims {
+        [w.out, w.inp]
+    }
+
+    fn batch_dims(&self, b: &GpuBatch) -> BatchDims {
+        b.dims
     }
 
     fn max_tensor_elements(&self) -> usize {
@@ -297,12 +375,7 @@ impl Backend for Gpu {
         Some(self.pool.stats().peak_in_use)
     }
 
-    fn tensor(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
-        assert_eq!(
-            data.len(),
-            rows * cols,
-            "tensor data does not match its shape"
-        );
+    fn tensor_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
         Ok(GpuTensor {
             buffer: Buffer::Uploaded(self.upload(bytemuck::cast_slice(data), "tensor")?),
             rows,
@@ -310,15 +383,16 @@ impl Backend for Gpu {
         })
     }
 
-    fn table(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTable> {
+    fn table_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTable> {
         let bytes = (data.len() * 4) as u64;
         if bytes > self.ctx.limits.max_storage_buffer_binding_size {
             return Ok(GpuTable::Host {
                 data: data.to_vec(),
+                rows,
                 cols,
             });
         }
-        Ok(GpuTable::Resident(self.tensor(data, rows, cols)?))
+        Ok(GpuTable::Resident(self.tensor_unchecked(data, rows, cols)?))
     }
 
     fn to_host(&self, x: &GpuTensor) -> Result<Vec<f32>> {
@@ -332,15 +406,7 @@ impl Backend for Gpu {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             "readback",
         )?;
-        {
-            let mut pending = self.pending.borrow_mut();
-            let encoder = pending.get_or_insert_with(|| {
-                self.ctx
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") })
-            });
-            encoder.copy_buffer_to_buffer(x.raw(), 0, &staging, 0, bytes);
-        }
+        self.record(|encoder| encoder.copy_buffer_to_buffer(x.raw(), 0, &staging, 0, bytes));
         let index = self.submit();
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -366,32 +432,31 @@ impl Backend for Gpu {
         Ok(data)
     }
 
-    fn linear(&self, weight: &[f32], bias: &[f32], out: usize, inp: usize) -> Result<GpuLinear> {
-        assert_eq!(weight.len(), out * inp, "weight does not match its shape");
-        assert_eq!(
-            bias.len(),
-            out,
-            "bias does not match the layer's output size"
-        );
-        let dtype = self.options.dtype;
-        let weight = match dtype {
-            Dtype::F32 => self.upload(bytemuck::cast_slice(weight), "weight")?,
-            Dtype::F16 => {
+    fn linear_unchecked(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out: usize,
+        inp: usize,
+    ) -> Result<GpuLinear> {
+        let precision = self.options.precision;
+        let weight = match precision {
+            GpuPrecision::F32 => self.upload(bytemuck::cast_slice(weight), "weight")?,
+            GpuPrecision::F16 => {
                 let half: Vec<half::f16> = weight.iter().map(|&w| half::f16::from_f32(w)).collect();
                 self.upload(bytemuck::cast_slice(&half), "weight")?
             }
-            Dtype::Bf16 => unreachable!("Gpu::new refuses bf16"),
         };
         Ok(GpuLinear {
             weight,
             bias: self.upload(bytemuck::cast_slice(bias), "bias")?,
-            dtype,
+            precision,
             out,
             inp,
         })
     }
 
-    fn batch(&self, batch: &PackedBatch) -> Result<GpuBatch> {
+    fn batch_unchecked(&self, batch: &PackedBatch, dims: BatchDims) -> Result<GpuBatch> {
         let mut blocks: Vec<[u32; 4]> = Vec::new();
         for s in 0..batch.sequences() {
             let r = batch.range(s);
@@ -408,12 +473,11 @@ impl Backend for Gpu {
             offsets: u32s(&batch.offsets, "offsets")?,
             blocks: self.upload(bytemuck::cast_slice(&blocks), "attention blocks")?,
             block_count: blocks.len(),
-            tokens: batch.tokens(),
-            sequences: batch.sequences(),
+            dims,
         })
     }
 
-    fn embed(
+    fn embed_unchecked(
         &self,
         batch: &GpuBatch,
         word: &GpuTable,
@@ -423,11 +487,11 @@ impl Backend for Gpu {
         embed::embed(self, batch, word, position, token_type)
     }
 
-    fn matmul(&self, x: &GpuTensor, w: &GpuLinear, act: Activation) -> Result<GpuTensor> {
+    fn matmul_unchecked(&self, x: &GpuTensor, w: &GpuLinear, act: Activation) -> Result<GpuTensor> {
         matmul::matmul(self, x, w, act)
     }
 
-    fn layer_norm(
+    fn layer_norm_unchecked(
         &self,
         x: &GpuTensor,
         residual: Option<&GpuTensor>,
@@ -438,19 +502,24 @@ impl Backend for Gpu {
         layer_norm::layer_norm(self, x, residual, gamma, beta, eps)
     }
 
-    fn attention(&self, qkv: &GpuTensor, batch: &GpuBatch, heads: usize) -> Result<GpuTensor> {
+    fn attention_unchecked(
+        &self,
+        qkv: &GpuTensor,
+        batch: &GpuBatch,
+        heads: usize,
+    ) -> Result<GpuTensor> {
         attention::attention(self, qkv, batch, heads)
     }
 
-    fn gather_rows(&self, x: &GpuTensor, rows: &[u32]) -> Result<GpuTensor> {
+    fn gather_rows_unchecked(&self, x: &GpuTensor, rows: &[u32]) -> Result<GpuTensor> {
         rows::gather(self, x, rows)
     }
 
-    fn mean_pool(&self, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
+    fn mean_pool_unchecked(&self, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
         rows::mean_pool(self, x, batch)
     }
 
-    fn l2_normalize(&self, x: &GpuTensor) -> Result<GpuTensor> {
+    fn l2_normalize_unchecked(&self, x: &GpuTensor) -> Result<GpuTensor> {
         rows::l2_normalize(self, x)
     }
 }

@@ -53,13 +53,13 @@ pub(super) fn gather(gpu: &Gpu, x: &GpuTensor, rows: &[u32]) -> Result<GpuTensor
 
 pub(super) fn mean_pool(gpu: &Gpu, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
     // x: [T, cols] -> [B, cols]
-    let out = gpu.output(batch.sequences, x.cols, "mean pool")?;
-    if batch.sequences > 0 {
+    let out = gpu.output(batch.dims.sequences, x.cols, "mean pool")?;
+    if batch.dims.sequences > 0 {
         let params = Params {
-            count: batch.sequences as u32,
+            count: batch.dims.sequences as u32,
             cols: x.cols as u32,
         };
-        let groups = gpu.grid((batch.sequences * x.cols).div_ceil(256));
+        let groups = gpu.grid((batch.dims.sequences * x.cols).div_ceil(256));
         gpu.dispatch(
             &MEAN_POOL,
             &[],

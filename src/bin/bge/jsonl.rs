@@ -1,9 +1,14 @@
-//! JSONL in and out for the command line: input lines with their numbers in every error,
-//! output written whole or not at all, and the progress bar.
+//! JSONL in and out for the command line, streamed: input lines are read and parsed on a
+//! thread of their own and handed over in chunks as they come, each chunk's results are written
+//! (and flushed) before the next is read, so memory stays bounded whatever the input's size and
+//! a slow producer sees its answers while it is still writing. Every input error names its line;
+//! an output file appears only when every line succeeded.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -11,44 +16,89 @@ use serde_json::Value;
 
 use bge::{Error, Result};
 
-/// Reads every line of `--input` (or stdin) through `parse`, which gets the line's JSON value;
-/// any failure names the line.
-pub fn read<T>(
+/// How long input may pause before the lines read so far are processed without waiting for a
+/// full chunk.
+const PAUSE: Duration = Duration::from_millis(20);
+
+/// A line's parser: its JSON value to an item, or what is wrong with it.
+pub type Parse<T> = fn(Value) -> std::result::Result<T, String>;
+
+/// Reads `--input` (or stdin) line by line, parses each line with `parse`, and calls `process`
+/// with the items in input order, in chunks of at most `chunk`: a chunk is handed over when it
+/// is full, when the input ends, or when the input pauses. At most two chunks of parsed lines
+/// wait at any time. A malformed line `N` ends the run: the lines before it are processed
+/// first, then the error names line `N`.
+pub fn stream<T: Send + 'static>(
     input: Option<&Path>,
-    parse: impl Fn(Value) -> std::result::Result<T, String>,
-) -> Result<Vec<T>> {
-    match input {
-        Some(path) => {
-            let file = File::open(path).map_err(|e| Error::Io {
-                path: path.to_owned(),
-                source: e,
-            })?;
-            read_lines(BufReader::new(file), parse)
+    parse: Parse<T>,
+    chunk: usize,
+    mut process: impl FnMut(Vec<T>) -> Result<()>,
+) -> Result<()> {
+    let chunk = chunk.max(1);
+    let reader: Box<dyn BufRead + Send> = match input {
+        Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| Error::Io {
+            path: path.to_owned(),
+            source: e,
+        })?)),
+        None => Box::new(BufReader::new(io::stdin())),
+    };
+    let (tx, rx) = mpsc::sync_channel(2 * chunk);
+    std::thread::spawn(move || {
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let item = parse_line(line, parse).map_err(|message| Error::InputLine {
+                line: i + 1,
+                message,
+            });
+            let failed = item.is_err();
+            // A closed channel means the run ended early (an error downstream): stop reading.
+            if tx.send(item).is_err() || failed {
+                return;
+            }
         }
-        None => read_lines(io::stdin().lock(), parse),
+    });
+    let mut pending = Vec::with_capacity(chunk);
+    loop {
+        let next = match pending.is_empty() {
+            true => rx.recv().ok(),
+            false => match rx.recv_timeout(PAUSE) {
+                Ok(item) => Some(item),
+                Err(RecvTimeoutError::Timeout) => {
+                    process(std::mem::take(&mut pending))?;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        match next {
+            Some(Ok(item)) => {
+                pending.push(item);
+                if pending.len() == chunk {
+                    process(std::mem::take(&mut pending))?;
+                }
+            }
+            Some(Err(e)) => {
+                if !pending.is_empty() {
+                    process(pending)?;
+                }
+                return Err(e);
+            }
+            None => break,
+        }
+    }
+    match pending.is_empty() {
+        true => Ok(()),
+        false => process(pending),
     }
 }
 
-fn read_lines<T>(
-    reader: impl BufRead,
-    parse: impl Fn(Value) -> std::result::Result<T, String>,
-) -> Result<Vec<T>> {
-    let mut items = Vec::new();
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let bad = |message: String| Error::InputLine {
-            line: i + 1,
-            message,
-        };
-        let mut bytes = line.map_err(|e| bad(e.to_string()))?;
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-        let line = String::from_utf8(bytes).map_err(|_| bad("not valid UTF-8".into()))?;
-        let value: Value =
-            serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-        items.push(parse(value).map_err(bad)?);
+fn parse_line<T>(line: io::Result<Vec<u8>>, parse: Parse<T>) -> std::result::Result<T, String> {
+    let mut bytes = line.map_err(|e| e.to_string())?;
+    if bytes.last() == Some(&b'\r') {
+        bytes.pop();
     }
-    Ok(items)
+    let line = String::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned())?;
+    let value: Value = serde_json::from_str(&line).map_err(|e| format!("not valid JSON ({e})"))?;
+    parse(value)
 }
 
 /// A text line: a JSON string or an object with a string `"text"` field.
@@ -108,8 +158,13 @@ impl Output {
         self.writer.write_all(b"\n").map_err(|e| self.error(e))
     }
 
+    /// Passes the lines written so far on (to the reader of stdout, or to the partial file).
+    pub fn flush(&mut self) -> Result<()> {
+        self.writer.flush().map_err(|e| self.error(e))
+    }
+
     pub fn commit(mut self) -> Result<()> {
-        self.writer.flush().map_err(|e| self.error(e))?;
+        self.flush()?;
         if let Some((tmp, path)) = self.file.take() {
             std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path, source: e })?;
         }
@@ -133,12 +188,37 @@ impl Drop for Output {
     }
 }
 
-/// A progress bar on stderr when it is a terminal and not `quiet`; hidden otherwise.
-pub fn progress(total: usize, unit: &str, quiet: bool) -> ProgressBar {
+/// A progress bar on stderr when it is a terminal and not `quiet`; hidden otherwise. Its
+/// length is the line count of an `--input` file; reading stdin, it counts without a length.
+pub fn progress(input: Option<&Path>, unit: &str, quiet: bool) -> ProgressBar {
     if quiet || !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}");
-    ProgressBar::new(total as u64)
-        .with_style(ProgressStyle::with_template(&template).expect("valid progress template"))
+    match input.and_then(count_lines) {
+        Some(total) => {
+            let template = format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{per_sec}}  eta {{eta}}");
+            ProgressBar::new(total).with_style(style(&template))
+        }
+        None => ProgressBar::no_length()
+            .with_style(style(&format!("{{pos}} {unit}  {{per_sec}}  {{elapsed}}"))),
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// The lines of a file (a last line without `\n` counts), or `None` if it cannot be read.
+fn count_lines(path: &Path) -> Option<u64> {
+    let mut file = File::open(path).ok()?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = file.read(&mut buf).ok()?;
+        if n == 0 {
+            return Some(lines + u64::from(last != b'\n'));
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
 }

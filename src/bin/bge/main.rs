@@ -1,20 +1,21 @@
-//! The `bge` command line: a thin layer over the library. Every failure prints one line,
-//! `bge: error: ...`, on stderr and exits non-zero (2 for usage errors, 1 for the rest).
+//! The `bge` command line: a thin layer over the library that parses flags, streams JSONL
+//! and calls the model types. Every failure prints one line, `bge: error: ...`, on stderr and
+//! exits non-zero (2 for usage errors, 1 for the rest).
 
 mod jsonl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use bge::bench::{self, BenchSpec};
-use bge::config::Shape;
-use bge::heads::sparse::LexicalWeights;
+use bge::internals::{BenchSpec, DEFAULT_BATCH_SIZE, RERANKER_BATCH_SIZE, Shape};
 use bge::llm_embedder::{self, Task};
-use bge::m3::M3Model;
-use bge::{Device, Dtype, Error, FlagModel, Options, Reranker, Result, Want};
+use bge::{
+    Device, Dtype, Error, FlagModel, LexicalWeights, M3Model, Options, Reranker, Result, Want,
+};
 
 #[derive(Parser)]
 #[command(
@@ -48,9 +49,10 @@ struct Common {
     #[arg(long)]
     model: String,
     /// auto, cpu, reference, gpu or gpu:N.
-    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    #[arg(long, default_value = "auto", value_parser = parse::<Device>)]
     device: Device,
-    #[arg(long, value_enum, default_value = "f32")]
+    /// f32, f16 (GPU) or bf16 (CPU with AVX-512 BF16).
+    #[arg(long, default_value = "f32", value_parser = parse::<Dtype>)]
     dtype: Dtype,
     /// Truncation length in tokens, special tokens included.
     #[arg(long)]
@@ -70,7 +72,7 @@ struct Common {
 struct EmbedArgs {
     #[command(flatten)]
     common: Common,
-    #[arg(long, default_value_t = bge::embedder::DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: usize,
     /// Encode as queries: the model's default query instruction and query max length.
     #[arg(long, conflicts_with = "instruction")]
@@ -78,8 +80,9 @@ struct EmbedArgs {
     /// Encode as queries with this instruction prepended.
     #[arg(long, conflicts_with = "task")]
     instruction: Option<String>,
-    /// LLM-Embedder task: its query instruction with --query, its key instruction otherwise.
-    #[arg(long, value_enum)]
+    /// LLM-Embedder task (qa, convsearch, chat, lrlm, icl, tool): its query instruction with
+    /// --query, its key instruction otherwise.
+    #[arg(long, value_parser = parse::<Task>)]
     task: Option<Task>,
     /// Output the dense vector (the default when no output is named).
     #[arg(long)]
@@ -100,7 +103,7 @@ struct ScoreArgs {
     /// default; BGE-M3's model card suggests 0.4,0.2,0.4).
     #[arg(long, default_value = "1,1,1", value_parser = parse_weights)]
     weights: [f32; 3],
-    #[arg(long, default_value_t = bge::embedder::DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     batch_size: usize,
 }
 
@@ -111,13 +114,14 @@ struct RerankArgs {
     /// The sigmoid of the logit instead of the logit.
     #[arg(long)]
     normalize: bool,
-    #[arg(long, default_value_t = bge::reranker::DEFAULT_BATCH_SIZE)]
+    #[arg(long, default_value_t = RERANKER_BATCH_SIZE)]
     batch_size: usize,
 }
 
 #[derive(clap::Args)]
 struct BenchArgs {
-    #[arg(long, value_enum)]
+    /// bge-small, bge-base, bge-large or bge-m3 (random weights at the real shape).
+    #[arg(long, value_parser = parse::<Shape>)]
     shape: Option<Shape>,
     /// A real model directory instead of random weights.
     #[arg(long)]
@@ -128,9 +132,9 @@ struct BenchArgs {
     seq: usize,
     #[arg(long)]
     ragged: bool,
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    #[arg(long, default_value = "cpu", value_parser = parse::<Device>)]
     device: Device,
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, default_value = "f32", value_parser = parse::<Dtype>)]
     dtype: Dtype,
     #[arg(long)]
     threads: Option<usize>,
@@ -145,7 +149,8 @@ struct BenchArgs {
     layers: Option<usize>,
 }
 
-fn parse_device(s: &str) -> std::result::Result<Device, String> {
+/// A flag's value through the library's `FromStr`, whose error names the values it takes.
+fn parse<T: FromStr<Err = Error>>(s: &str) -> std::result::Result<T, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
@@ -189,7 +194,7 @@ fn main() -> ExitCode {
         Command::Rerank(args) => rerank(args),
         Command::Bench(args) => run_bench(args),
         Command::Devices => {
-            print!("{}", bge::backend::gpu::context::adapter_report());
+            print!("{}", bge::backend::gpu::adapter_report());
             Ok(())
         }
     };
@@ -214,9 +219,6 @@ fn quiet_mesa_device_select() {
     }
 }
 
-/// How many texts are embedded and written at a time: bounds memory on huge inputs.
-const CHUNK: usize = 8192;
-
 /// One output line of `bge embed`: exactly the outputs asked for.
 #[derive(Serialize)]
 struct EmbedLine<'a> {
@@ -230,7 +232,6 @@ struct EmbedLine<'a> {
 
 fn embed(args: EmbedArgs) -> Result<()> {
     let c = &args.common;
-    let texts = jsonl::read(c.input.as_deref(), jsonl::text)?;
     let model = FlagModel::load(
         &c.model,
         &Options {
@@ -246,7 +247,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     // LLM-Embedder's queries default to its `qa` task, as its `encode_queries` does.
     let task = args
         .task
-        .or((args.query && model.name.eq_ignore_ascii_case("llm-embedder")).then_some(Task::Qa));
+        .or((args.query && model.name().eq_ignore_ascii_case("llm-embedder")).then_some(Task::Qa));
     let (instruction, max_length) = match task {
         Some(task) => {
             let (query, key) = task.instructions();
@@ -263,9 +264,9 @@ fn embed(args: EmbedArgs) -> Result<()> {
             }
         }
         None if args.query || args.instruction.is_some() => {
-            (model.query_instruction.as_deref(), model.query_max_length)
+            (model.query_instruction(), model.query_max_length())
         }
-        None => (None, model.max_length),
+        None => (None, model.max_length()),
     };
     let want = Want {
         dense: args.dense || !(args.sparse || args.colbert),
@@ -273,15 +274,15 @@ fn embed(args: EmbedArgs) -> Result<()> {
         colbert: args.colbert,
     };
 
-    let progress = jsonl::progress(texts.len(), "texts", c.quiet);
+    let progress = jsonl::progress(c.input.as_deref(), "texts", c.quiet);
     let mut out = jsonl::Output::open(c.output.as_deref())?;
-    let mut truncated = 0;
-    for chunk in texts.chunks(CHUNK) {
+    let (mut texts, mut truncated) = (0, 0);
+    jsonl::stream(c.input.as_deref(), jsonl::text, args.batch_size, |chunk| {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let e = model.embed(&refs, instruction, max_length, want, &mut |n| {
             progress.inc(n as u64)
         })?;
-        truncated += e.truncated;
+        (texts, truncated) = (texts + chunk.len(), truncated + e.truncated);
         for i in 0..chunk.len() {
             out.line(&EmbedLine {
                 dense: e.dense.get(i).map(Vec::as_slice),
@@ -289,13 +290,13 @@ fn embed(args: EmbedArgs) -> Result<()> {
                 colbert: e.colbert.get(i).map(Vec::as_slice),
             })?;
         }
-    }
+        out.flush()
+    })?;
     progress.finish_and_clear();
     out.commit()?;
     if truncated > 0 && !c.quiet {
         eprintln!(
-            "bge: note: {truncated} of {} texts were longer than {max_length} tokens and were truncated, as FlagEmbedding does",
-            texts.len()
+            "bge: note: {truncated} of {texts} texts were longer than {max_length} tokens and were truncated, as FlagEmbedding does"
         );
     }
     Ok(())
@@ -303,7 +304,6 @@ fn embed(args: EmbedArgs) -> Result<()> {
 
 fn score(args: ScoreArgs) -> Result<()> {
     let c = &args.common;
-    let pairs = jsonl::read(c.input.as_deref(), jsonl::pair)?;
     let model = M3Model::load(
         &c.model,
         &Options {
@@ -315,20 +315,24 @@ fn score(args: ScoreArgs) -> Result<()> {
             ..Options::default()
         },
     )?;
-    let progress = jsonl::progress(pairs.len(), "pairs", c.quiet);
+    let progress = jsonl::progress(c.input.as_deref(), "pairs", c.quiet);
     let mut out = jsonl::Output::open(c.output.as_deref())?;
-    for chunk in pairs.chunks(CHUNK) {
-        let refs: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|(q, p)| (q.as_str(), p.as_str()))
-            .collect();
-        for s in model.compute_score(&refs, args.weights)? {
+    jsonl::stream(c.input.as_deref(), jsonl::pair, args.batch_size, |chunk| {
+        for s in model.compute_score(&pair_refs(&chunk), args.weights)? {
             out.line(&s)?;
         }
         progress.inc(chunk.len() as u64);
-    }
+        out.flush()
+    })?;
     progress.finish_and_clear();
     out.commit()
+}
+
+fn pair_refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+    pairs
+        .iter()
+        .map(|(q, p)| (q.as_str(), p.as_str()))
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -338,25 +342,22 @@ struct ScoreLine {
 
 fn rerank(args: RerankArgs) -> Result<()> {
     let c = &args.common;
-    let pairs = jsonl::read(c.input.as_deref(), jsonl::pair)?;
     let mut model = Reranker::load(&c.model, c.device, c.dtype)?;
-    model.batch_size = args.batch_size;
+    model.set_batch_size(args.batch_size)?;
     if let Some(n) = c.max_length {
-        model.max_length = n;
+        model.set_max_length(n)?;
     }
-    let progress = jsonl::progress(pairs.len(), "pairs", c.quiet);
+    let progress = jsonl::progress(c.input.as_deref(), "pairs", c.quiet);
     let mut out = jsonl::Output::open(c.output.as_deref())?;
-    for chunk in pairs.chunks(CHUNK) {
-        let refs: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|(q, p)| (q.as_str(), p.as_str()))
-            .collect();
-        let scores =
-            model.compute_score_with(&refs, args.normalize, &mut |n| progress.inc(n as u64))?;
+    jsonl::stream(c.input.as_deref(), jsonl::pair, args.batch_size, |chunk| {
+        let scores = model.compute_score_with(&pair_refs(&chunk), args.normalize, &mut |n| {
+            progress.inc(n as u64)
+        })?;
         for score in scores {
             out.line(&ScoreLine { score })?;
         }
-    }
+        out.flush()
+    })?;
     progress.finish_and_clear();
     out.commit()
 }
@@ -376,7 +377,7 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         layers: args.layers,
     };
-    let line = bench::run(&spec)?;
+    let line = bge::internals::run_bench(&spec)?;
     println!("{line}");
     Ok(())
 }

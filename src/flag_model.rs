@@ -1,4 +1,4 @@
-//! The FlagEmbedding-style API: [`FlagModel`] with `encode`, `encode_queries` and
+//! FlagEmbedding's `FlagModel`: [`FlagModel`] with `encode`, `encode_queries` and
 //! `encode_corpus`, and the per-model defaults FlagEmbedding applies.
 //!
 //! Batching follows `FlagModel.encode` (FlagEmbedding 1.4.2, `abc/inference/AbsEmbedder.py`):
@@ -8,10 +8,11 @@
 
 use crate::backend::Dtype;
 use crate::config::{ModelConfig, Pooling};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::heads::sparse::LexicalWeights;
-use crate::pipeline::{Device, Request};
-use crate::runtime::Runtime;
+use crate::heads::{Head, HeadSet, Request};
+use crate::loaded::LoadedModel;
 use crate::source::ModelFiles;
 use crate::tokenize::Tokenizer;
 
@@ -61,7 +62,8 @@ pub struct Options {
     /// `query_instruction_for_retrieval`; `None` takes the model's default
     /// ([`default_query_instruction`]), `Some("")` means no instruction.
     pub query_instruction: Option<String>,
-    /// How instruction and text are joined: `"{}{}"` (instruction first, then the text).
+    /// How instruction and text are joined: `"{}{}"` (instruction first, then the text); it
+    /// must hold `{}` twice, which [`FlagModel::load`] checks.
     pub query_instruction_format: String,
     /// `passage_instruction_for_retrieval`, used by `encode_corpus`.
     pub passage_instruction: Option<String>,
@@ -101,6 +103,27 @@ impl Want {
         sparse: false,
         colbert: false,
     };
+
+    /// Dense, sparse and ColBERT: everything BGE-M3 gives.
+    pub const ALL: Want = Want {
+        dense: true,
+        sparse: true,
+        colbert: true,
+    };
+}
+
+impl From<Want> for HeadSet {
+    fn from(w: Want) -> HeadSet {
+        [
+            (Head::Dense, w.dense),
+            (Head::Sparse, w.sparse),
+            (Head::Colbert, w.colbert),
+        ]
+        .into_iter()
+        .filter(|&(_, asked)| asked)
+        .map(|(head, _)| head)
+        .collect()
+    }
 }
 
 /// The outputs of one call, in input order (each list empty unless asked for), and how many
@@ -117,19 +140,32 @@ pub struct Embeddings {
 }
 
 /// An embedder with FlagEmbedding's `FlagModel` semantics; with BGE-M3's heads present it also
-/// gives sparse and ColBERT outputs (see [`crate::m3::M3Model`] for BGE-M3's scoring API).
+/// gives sparse and ColBERT outputs (see [`M3Model`](crate::M3Model) for BGE-M3's scoring API).
+///
+/// A `FlagModel` is `Send + Sync`: share one (`&FlagModel`, or an `Arc`) between threads and
+/// call it from all of them at once. A text's vectors are the same bits whether it is encoded
+/// alone or among other texts, in whatever batch, at whatever `batch_size`, and from whichever
+/// thread.
+///
+/// ```no_run
+/// use bge::{FlagModel, Options};
+///
+/// let model = FlagModel::load("BAAI/bge-small-en-v1.5", &Options::default())?;
+/// let queries = model.encode_queries(&["what is a panda?"])?;
+/// let passages = model.encode_corpus(&["The giant panda is a bear native to China."])?;
+/// let score: f32 = queries[0].iter().zip(&passages[0]).map(|(q, p)| q * p).sum();
+/// # Ok::<(), bge::Error>(())
+/// ```
 pub struct FlagModel {
-    runtime: Runtime,
-    /// The model's name, from which the defaults were inferred.
-    pub name: String,
-    pub pooling: Pooling,
-    pub normalize: bool,
-    pub batch_size: usize,
-    pub max_length: usize,
-    pub query_max_length: usize,
-    pub query_instruction: Option<String>,
-    pub query_instruction_format: String,
-    pub passage_instruction: Option<String>,
+    loaded: LoadedModel,
+    pooling: Pooling,
+    normalize: bool,
+    batch_size: usize,
+    max_length: usize,
+    query_max_length: usize,
+    query_instruction: Option<String>,
+    query_instruction_format: String,
+    passage_instruction: Option<String>,
 }
 
 impl FlagModel {
@@ -138,23 +174,21 @@ impl FlagModel {
         Self::from_files(&ModelFiles::resolve(model)?, options)
     }
 
-    pub fn from_files(files: &ModelFiles, options: &Options) -> Result<Self> {
-        let runtime = Runtime::load(files, options.device, options.dtype, options.threads)?;
-        let default_length = DEFAULT_MAX_LENGTH.min(runtime.config().max_tokens());
-        let limit = |requested: Option<usize>| {
-            runtime.check_max_length(requested.unwrap_or(default_length))
-        };
+    pub(crate) fn from_files(files: &ModelFiles, options: &Options) -> Result<Self> {
         if options.batch_size == 0 {
             return Err(Error::InvalidArgument(
                 "batch size must be at least 1".into(),
             ));
         }
         check_format(&options.query_instruction_format)?;
+        let loaded = LoadedModel::load(files, options.device, options.dtype, options.threads)?;
+        let default_length = DEFAULT_MAX_LENGTH.min(loaded.config().max_tokens());
+        let limit =
+            |requested: Option<usize>| loaded.check_max_length(requested.unwrap_or(default_length));
         Ok(FlagModel {
-            name: files.name.clone(),
             pooling: options
                 .pooling
-                .or(runtime.file_pooling)
+                .or(loaded.file_pooling())
                 .unwrap_or(Pooling::Cls),
             normalize: options.normalize,
             batch_size: options.batch_size,
@@ -163,31 +197,68 @@ impl FlagModel {
             query_instruction: options
                 .query_instruction
                 .clone()
-                .or_else(|| default_query_instruction(&files.name).map(str::to_owned)),
+                .or_else(|| default_query_instruction(loaded.name()).map(str::to_owned)),
             query_instruction_format: options.query_instruction_format.clone(),
             passage_instruction: options.passage_instruction.clone(),
-            runtime,
+            loaded,
         })
     }
 
+    /// The model's name (its directory or repository), from which the defaults were inferred.
+    pub fn name(&self) -> &str {
+        self.loaded.name()
+    }
+
     pub fn config(&self) -> &ModelConfig {
-        self.runtime.config()
+        self.loaded.config()
     }
 
     /// The backend and device the model runs on, in words.
     pub fn describe(&self) -> String {
-        self.runtime.describe()
+        self.loaded.describe()
     }
 
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.runtime.tokenizer
+    /// The heads the model has: [`Head::Dense`] always; BGE-M3 adds [`Head::Sparse`]
+    /// (`sparse_linear.pt`) and [`Head::Colbert`] (`colbert_linear.pt`).
+    pub fn heads(&self) -> HeadSet {
+        self.loaded.heads()
     }
 
-    /// Whether the model has BGE-M3's sparse and ColBERT heads (`sparse_linear.pt`,
-    /// `colbert_linear.pt`).
-    pub fn has_m3_heads(&self) -> (bool, bool) {
-        let (sparse, colbert, _) = self.runtime.heads();
-        (sparse, colbert)
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Whether dense vectors are L2-normalised.
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The max length of `encode` and `encode_corpus`, in tokens.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// The max length of `encode_queries`, in tokens.
+    pub fn query_max_length(&self) -> usize {
+        self.query_max_length
+    }
+
+    /// The instruction `encode_queries` puts before each query, if any.
+    pub fn query_instruction(&self) -> Option<&str> {
+        self.query_instruction.as_deref()
+    }
+
+    /// The instruction `encode_corpus` puts before each passage, if any.
+    pub fn passage_instruction(&self) -> Option<&str> {
+        self.passage_instruction.as_deref()
+    }
+
+    pub(crate) fn tokenizer(&self) -> &Tokenizer {
+        self.loaded.tokenizer()
     }
 
     /// `FlagModel.encode`: no instruction, `max_length`.
@@ -227,18 +298,18 @@ impl FlagModel {
         want: Want,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Embeddings> {
-        let max_length = self.runtime.check_max_length(max_length)?;
-        let (has_sparse, has_colbert) = self.has_m3_heads();
-        for (asked, has, head, file) in [
-            (want.sparse, has_sparse, "sparse", "sparse_linear.pt"),
-            (want.colbert, has_colbert, "ColBERT", "colbert_linear.pt"),
-        ] {
-            if asked && !has {
-                return Err(Error::InvalidArgument(format!(
-                    "model `{}` has no {head} head ({file}); sparse and ColBERT outputs need BGE-M3",
-                    self.name
-                )));
-            }
+        let max_length = self.loaded.check_max_length(max_length)?;
+        let heads = HeadSet::from(want);
+        if let Some(head) = heads.iter().find(|&h| !self.heads().contains(h)) {
+            let file = match head {
+                Head::Sparse => "sparse_linear.pt",
+                _ => "colbert_linear.pt",
+            };
+            return Err(Error::InvalidArgument(format!(
+                "model `{}` has no {} head ({file}); sparse and ColBERT outputs need BGE-M3",
+                self.name(),
+                head.name()
+            )));
         }
         let joined: Vec<String>;
         let inputs: Vec<&str> = match instruction.filter(|i| !i.is_empty()) {
@@ -251,25 +322,18 @@ impl FlagModel {
             }
             None => texts.to_vec(),
         };
-        let encoded = self.runtime.tokenizer.encode_batch(&inputs, max_length)?;
+        let encoded = self.tokenizer().encode_batch(&inputs, max_length)?;
         let request = Request {
-            dense: want.dense.then_some((self.pooling, self.normalize)),
-            token_weights: want.sparse,
-            colbert: want.colbert,
-            logits: false,
+            heads,
+            pooling: self.pooling,
+            normalize: self.normalize,
         };
         let out = self
-            .runtime
+            .loaded
             .run(&encoded, &request, self.batch_size, progress)?;
-        let skip = self.runtime.tokenizer.sparse_skip_ids();
         Ok(Embeddings {
             dense: out.dense,
-            sparse: out
-                .token_weights
-                .iter()
-                .zip(&encoded)
-                .map(|(w, e)| LexicalWeights::from_tokens(&e.ids, w, skip))
-                .collect(),
+            sparse: out.sparse,
             colbert: out.colbert,
             truncated: encoded.iter().filter(|e| e.truncated()).count(),
         })

@@ -1,0 +1,104 @@
+//! What a backend implements: its types, what it can run, and one kernel per operation of
+//! [`Backend`](super::Backend), which calls it only with operands that passed its checks.
+
+use super::{Activation, BatchDims, Dims, Dtype, HeadDims, PackedBatch};
+use crate::error::Result;
+
+/// A backend's kernels. Each `*_unchecked` method computes the [`Backend`](super::Backend)
+/// operation of the same name and may assume the shapes that operation checks; it needs to
+/// check nothing else. Implementations are `Send + Sync`: one backend serves every thread that
+/// shares a model.
+pub trait Kernels: Send + Sync {
+    /// A `[rows, cols]` matrix in the backend's memory.
+    type Tensor: Send + Sync;
+    /// An embedding table `[rows, cols]`: only ever gathered from, by `embed`.
+    type Table: Send + Sync;
+    /// A linear layer's `[out, in]` weight and `[out]` bias, in the layout the backend prefers.
+    type Linear: Send + Sync;
+    /// A checked [`PackedBatch`] in the backend's memory.
+    type Batch: Send + Sync;
+    /// The storage precisions this backend can run, and no other.
+    type Precision: Copy + std::fmt::Debug + Into<Dtype>;
+
+    /// The precision this backend was built for.
+    fn precision(&self) -> Self::Precision;
+
+    /// One line naming the backend, device and precision (for `bge bench` and errors).
+    fn describe(&self) -> String;
+
+    /// The processor this backend runs on: a CPU model or a GPU adapter name.
+    fn adapter(&self) -> String;
+
+    /// The head sizes `attention` takes (every size unless a kernel's registers limit it).
+    fn head_dims(&self) -> HeadDims {
+        HeadDims::ANY
+    }
+
+    /// The most bytes of intermediate tensors held at once so far, where the backend keeps
+    /// count (the GPU's buffer pool); the host process's peak is measured separately.
+    fn activation_peak_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// The most elements one tensor may hold (a GPU's buffer binding limit); batches are split
+    /// so that no activation exceeds it.
+    fn max_tensor_elements(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Runs one forward pass, `pass`, which calls many operations in a row. The CPU backend
+    /// runs it on one of its worker threads, so that the operations share out their work
+    /// without waking the calling thread in between.
+    fn run_pass<R: Send>(&self, pass: impl FnOnce() -> R + Send) -> R {
+        pass()
+    }
+
+    fn tensor_dims(&self, x: &Self::Tensor) -> Dims;
+    fn table_dims(&self, t: &Self::Table) -> Dims;
+    fn linear_dims(&self, w: &Self::Linear) -> Dims;
+    fn batch_dims(&self, b: &Self::Batch) -> BatchDims;
+
+    /// Copies a tensor back to the host as f32, waiting for any queued work.
+    fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+
+    fn tensor_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    fn table_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Table>;
+    fn linear_unchecked(
+        &self,
+        weight: &[f32],
+        bias: &[f32],
+        out: usize,
+        inp: usize,
+    ) -> Result<Self::Linear>;
+    fn batch_unchecked(&self, batch: &PackedBatch, dims: BatchDims) -> Result<Self::Batch>;
+    fn embed_unchecked(
+        &self,
+        batch: &Self::Batch,
+        word: &Self::Table,
+        position: &Self::Table,
+        token_type: &Self::Table,
+    ) -> Result<Self::Tensor>;
+    fn matmul_unchecked(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Linear,
+        act: Activation,
+    ) -> Result<Self::Tensor>;
+    fn layer_norm_unchecked(
+        &self,
+        x: &Self::Tensor,
+        residual: Option<&Self::Tensor>,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    fn attention_unchecked(
+        &self,
+        qkv: &Self::Tensor,
+        batch: &Self::Batch,
+        heads: usize,
+    ) -> Result<Self::Tensor>;
+    fn gather_rows_unchecked(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
+    fn mean_pool_unchecked(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    fn l2_normalize_unchecked(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+}
