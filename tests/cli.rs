@@ -645,6 +645,22 @@ fn bench_prints_one_json_line_with_the_peer_fields() {
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
 }
 
+#[test]
+fn bench_refuses_zero_layers_batches_and_iterations() {
+    let shape = ["bench", "--shape", "bge-small", "--seq", "8"];
+    for zero in [
+        ["--batch", "1", "--layers", "0"],
+        ["--batch", "0", "--iters", "1"],
+        ["--batch", "1", "--iters", "0"],
+    ] {
+        let out = bge(&[&shape[..], &zero].concat(), "", &[]);
+        assert!(
+            error_line(&out, 1).contains("must be at least 1"),
+            "{zero:?}"
+        );
+    }
+}
+
 fn tiny_m3() -> String {
     model_dir("tiny-m3").to_str().unwrap().to_owned()
 }

@@ -174,31 +174,6 @@ fn minilm_mean_and_cls_pooling() {
     }
 }
 
-#[test]
-fn results_do_not_depend_on_the_batch_size() {
-    let sentences = texts("sentences");
-    let one = tiny_bge(
-        Device::Reference,
-        Options {
-            batch_size: 1,
-            ..Options::default()
-        },
-    );
-    let all = tiny_bge(Device::Reference, Options::default());
-    let (a, b) = (
-        one.encode(&refs(&sentences)).unwrap(),
-        all.encode(&refs(&sentences)).unwrap(),
-    );
-    for (x, y) in a.iter().zip(&b) {
-        common::assert_close(
-            "batch 1 vs 256",
-            &common::to_f64(x),
-            &common::to_f64(y),
-            tol::KERNEL_F32,
-        );
-    }
-}
-
 /// f16 weights on the GPU: the bar is cosine >= 0.999 per vector.
 #[test]
 fn tiny_bge_and_minilm_in_f16_on_gpu() {
@@ -266,4 +241,24 @@ fn tiny_bge_and_minilm_in_bf16_on_cpu() {
         "mean_normalized",
     );
     assert_rows("bf16 minilm", &got, &want, tol::BF16_VECTORS, 0.999);
+}
+
+/// An instruction format without two `{}` is refused when the model loads; it can no longer be
+/// changed afterwards (it used to be a public field, and `"{}"` made `encode_queries` panic).
+#[test]
+fn a_query_instruction_format_without_two_slots_is_refused() {
+    for format in ["{}", "{}{}{}", "no slots"] {
+        let options = Options {
+            device: Device::Cpu,
+            query_instruction_format: format.into(),
+            ..Options::default()
+        };
+        let err = FlagModel::load(model_dir("tiny-bge").to_str().unwrap(), &options)
+            .err()
+            .expect("refused");
+        assert!(
+            err.to_string().contains("must contain `{}` twice"),
+            "{format}: {err}"
+        );
+    }
 }

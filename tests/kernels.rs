@@ -544,3 +544,95 @@ fn empty_inputs_give_empty_outputs() {
     empty_inputs_give_empty_outputs_on(&cpu_cases());
     empty_inputs_give_empty_outputs_on(&gpu_cases());
 }
+
+/// The same mistakes, made on one backend: every operand shape `Backend` checks, wrong once.
+/// Returns each mistake's error message, after asserting it is an `Error::Shape`.
+fn mistakes<B: Backend>(b: &B) -> Vec<String> {
+    let ok = packed(&[2, 3]);
+    let batch = b.batch(&ok).unwrap();
+    let x = b.tensor(&random(5 * 8, 1.0, 1), 5, 8).unwrap(); // [T = 5, 8]
+    let qkv = b.tensor(&random(5 * 24, 1.0, 2), 5, 24).unwrap(); // [T, 3h], h = 8
+    let w = b.linear(&random(4 * 8, 1.0, 3), &[0.0; 4], 4, 8).unwrap(); // [4, 8]
+    let table = |rows: usize, cols: usize| b.table(&random(rows * cols, 1.0, 4), rows, cols);
+    let (word, pos, ty) = (
+        table(50, 8).unwrap(),
+        table(8, 8).unwrap(),
+        table(2, 8).unwrap(),
+    );
+    let row = |cols: usize| b.tensor(&vec![1.0; cols], 1, cols).unwrap();
+    let bad_batch = |edit: fn(&mut PackedBatch)| {
+        let mut p = packed(&[2, 3]);
+        edit(&mut p);
+        b.batch(&p).err()
+    };
+    let results: Vec<(&str, Option<bge::Error>)> = vec![
+        ("tensor", b.tensor(&[0.0; 5], 2, 3).err()),
+        ("table", b.table(&[0.0; 7], 2, 3).err()),
+        ("linear weight", b.linear(&[0.0; 5], &[0.0; 2], 2, 3).err()),
+        ("linear bias", b.linear(&[0.0; 6], &[0.0; 3], 2, 3).err()),
+        ("batch types", bad_batch(|p| p.type_ids.truncate(4))),
+        ("batch offsets", bad_batch(|p| p.offsets[2] = 9)),
+        (
+            "batch empty sequence",
+            bad_batch(|p| p.offsets.insert(1, 0)),
+        ),
+        (
+            "embed widths",
+            b.embed(&batch, &word, &table(8, 4).unwrap(), &ty).err(),
+        ),
+        (
+            "embed ids",
+            b.embed(&batch, &table(30, 8).unwrap(), &pos, &ty).err(),
+        ),
+        (
+            "embed positions",
+            b.embed(&batch, &word, &table(2, 8).unwrap(), &ty).err(),
+        ),
+        (
+            "embed types",
+            b.embed(&batch, &word, &pos, &table(1, 8).unwrap()).err(),
+        ),
+        ("matmul", b.matmul(&qkv, &w, Activation::None).err()),
+        (
+            "layer norm gamma",
+            b.layer_norm(&x, None, &row(7), &row(8), 1e-5).err(),
+        ),
+        (
+            "layer norm beta",
+            b.layer_norm(&x, None, &row(8), &x, 1e-5).err(),
+        ),
+        (
+            "layer norm residual",
+            b.layer_norm(&x, Some(&qkv), &row(8), &row(8), 1e-5).err(),
+        ),
+        ("attention rows", b.attention(&row(24), &batch, 2).err()),
+        ("attention columns", b.attention(&x, &batch, 2).err()),
+        ("attention no heads", b.attention(&qkv, &batch, 0).err()),
+        ("attention uneven heads", b.attention(&qkv, &batch, 3).err()),
+        ("gather", b.gather_rows(&x, &[0, 5]).err()),
+        ("mean pool", b.mean_pool(&row(8), &batch).err()),
+    ];
+    results
+        .into_iter()
+        .map(|(what, err)| match err {
+            Some(bge::Error::Shape(message)) => message,
+            other => panic!("{}: {what} gave {other:?}, not Error::Shape", b.describe()),
+        })
+        .collect()
+}
+
+#[test]
+fn wrong_shapes_get_the_same_error_from_every_backend() {
+    let want = mistakes(&Reference);
+    for c in cpu_cases() {
+        assert_eq!(mistakes(&c.backend), want, "{}", c.name);
+    }
+    for c in gpu_cases() {
+        assert_eq!(mistakes(&c.backend), want, "{}", c.name);
+    }
+    // The messages say what is wrong, e.g.:
+    assert_eq!(
+        want[11],
+        "matmul: the input is [5, 24] but the layer [4, 8] takes 8 columns"
+    );
+}

@@ -156,34 +156,39 @@ fn xlm_roberta_layers_match_float64_on_gpu() {
     check_xlm_roberta(&gpu());
 }
 
-/// `forward_rows` (the last layer on the CLS rows only) equals the full forward's rows.
+/// `forward_rows` (the last layer on the CLS rows only) equals the full forward's rows, with
+/// the model's layers and with none (then the rows are cut right after the embeddings).
 fn check_forward_rows<B: Backend>(b: &B) {
     let dir = model_dir("tiny-bge");
-    let config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let mut config = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let weights = Weights::open(&[dir.join("model.safetensors")]).unwrap();
-    let encoder = Encoder::load(b, &config, &Checkpoint::new(&weights).unwrap()).unwrap();
-    let (packed, _) = bge::internals::bench_inputs(&config, 5, 40, true, 3).unwrap();
-    let batch = b.batch(&packed).unwrap();
-    let rows = packed.first_rows();
-    let full = b
-        .to_host(
-            &b.gather_rows(&encoder.forward(b, &batch).unwrap(), &rows)
-                .unwrap(),
-        )
-        .unwrap();
-    let some = b
-        .to_host(&encoder.forward_rows(b, &batch, &rows).unwrap())
-        .unwrap();
-    assert_close(
-        "forward_rows vs forward",
-        &to_f64(&some),
-        &to_f64(&full),
-        tol::KERNEL_F32,
-    );
+    for layers in [config.num_layers, 0] {
+        config.num_layers = layers;
+        let encoder = Encoder::load(b, &config, &Checkpoint::new(&weights).unwrap()).unwrap();
+        let (packed, _) = bge::internals::bench_inputs(&config, 5, 40, true, 3).unwrap();
+        let batch = b.batch(&packed).unwrap();
+        let rows = packed.first_rows();
+        let full = b
+            .to_host(
+                &b.gather_rows(&encoder.forward(b, &batch).unwrap(), &rows)
+                    .unwrap(),
+            )
+            .unwrap();
+        let some = b
+            .to_host(&encoder.forward_rows(b, &batch, &rows).unwrap())
+            .unwrap();
+        assert_close(
+            &format!("forward_rows vs forward, {layers} layers"),
+            &to_f64(&some),
+            &to_f64(&full),
+            tol::KERNEL_F32,
+        );
+    }
 }
 
 #[test]
 fn forward_rows_equals_the_full_forward() {
     check_forward_rows(&Reference);
+    check_forward_rows(&bge::backend::cpu::Cpu::new(Some(3)).unwrap());
     check_forward_rows(&gpu());
 }

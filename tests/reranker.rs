@@ -122,3 +122,27 @@ fn lengths_and_batch_sizes_out_of_range_are_refused() {
     let err = r.set_batch_size(0).unwrap_err();
     assert!(err.to_string().contains("at least 1"), "{err}");
 }
+
+/// A classifier config with no labels is refused when the model loads (it used to pass and
+/// panic in the first score).
+#[test]
+fn a_classifier_without_labels_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_dir("tiny-reranker");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config = dir.path().join("config.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    v["num_labels"] = 0.into();
+    v["id2label"] = serde_json::json!({});
+    std::fs::write(&config, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = Reranker::load(dir.path().to_str().unwrap(), Device::Cpu, bge::Dtype::F32)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("needs at least one label"),
+        "{err}"
+    );
+}

@@ -5,11 +5,12 @@
 //! submitted when [`Kernels::to_host`] needs a result. Intermediate tensors come from a
 //! [`pool::Pool`]; pipelines are compiled once per process ([`context::Context`]).
 //!
-//! Threads: the pending encoder sits behind a mutex held only while one command is recorded,
-//! so concurrent forward passes interleave their commands on the one queue, each in its own
-//! order; a readback submits what is pending and waits without the lock. A pooled buffer goes
-//! back to the pool only after its last command is recorded, so whichever pass takes it next
-//! records its commands after that one (see [`pool`]).
+//! Threads: the pending encoder sits behind a mutex held only while one command is recorded
+//! or the encoder is submitted, so concurrent forward passes interleave their commands on the
+//! one queue, each in its own order, and reach the queue in the order they were recorded; a
+//! readback submits what is pending and waits without the lock. A pooled buffer goes back to
+//! the pool only after its last command is recorded, so whichever pass takes it next records
+//! and submits its commands after that one (see [`pool`]).
 //!
 //! Each shader has a Rust twin module holding its `Params` struct (`#[repr(C)]`, the layout
 //! of the shader's uniform), its [`Kernel`] description and the dispatch arithmetic.
@@ -309,13 +310,13 @@ impl Gpu {
         [x as u32, count.div_ceil(x) as u32, 1]
     }
 
-    /// Submits the pending commands (if any) and returns whether anything was submitted.
+    /// Submits the pending commands (if any) and returns the submission's index. The lock is
+    /// held until the queue has them, so that submissions keep the order of recording: a
+    /// buffer another thread released into the pool, and that this thread's commands reuse,
+    /// is never written by them before its previous user's commands have run.
     fn submit(&self) -> Option<wgpu::SubmissionIndex> {
-        let encoder = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()?;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let encoder = pending.take()?;
         Some(self.ctx.queue.submit([encoder.finish()]))
     }
 }
