@@ -23,7 +23,7 @@ impl Device {
     /// `Auto` made concrete: a hardware GPU if one is present, otherwise the CPU.
     pub fn resolve(self) -> Device {
         match self {
-            Device::Auto if gpu::context::hardware_gpu_present() => Device::Gpu(None),
+            Device::Auto if gpu::hardware_gpu_present() => Device::Gpu(None),
             Device::Auto => Device::Cpu,
             other => other,
         }

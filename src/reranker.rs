@@ -89,8 +89,8 @@ impl Reranker {
         Ok(())
     }
 
-    /// `compute_score(pairs, max_length, normalize)`: the first logit of each pair; with
-    /// `normalize`, its sigmoid.
+    /// `compute_score(pairs, normalize=...)` at [`Self::max_length`]: the first logit of each
+    /// pair; with `normalize`, its sigmoid.
     pub fn compute_score(&self, pairs: &[(&str, &str)], normalize: bool) -> Result<Vec<f32>> {
         self.compute_score_with(pairs, normalize, &mut |_| {})
     }

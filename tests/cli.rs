@@ -290,7 +290,7 @@ fn devices_lists_the_adapters() {
         text.contains("f16: ") && text.contains("limits: storage binding"),
         "{text}"
     );
-    assert!(text.contains("--device gpu uses adapter"), "{text}");
+    assert!(text.contains("device gpu uses adapter"), "{text}");
     let out = bge(
         &["embed", "--model", &tiny_bge(), "--device", "gpu:99"],
         "\"x\"\n",
@@ -417,6 +417,14 @@ fn malformed_input_lines_are_reported_with_their_number() {
     let out = bge(&["embed", "--model", &tiny_bge()], bytes, &[]);
     let line = error_on_line(&out, 2);
     assert!(line.contains("input line 2: not valid UTF-8"), "{line}");
+    // Lines before N already answered in earlier batches, and the batch holding line N.
+    let input = "\"a\"\n\"b\"\n\"c\"\n\"d\"\n\"e\"\n[\"f\"]\n\"g\"\n";
+    let args = ["embed", "--model", &tiny_bge(), "--batch-size", "2"];
+    let line = error_on_line(&bge(&args, input, &[]), 6);
+    assert!(
+        line.contains("input line 6: expected a JSON string"),
+        "{line}"
+    );
 }
 
 #[test]

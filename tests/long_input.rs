@@ -69,7 +69,7 @@ fn an_8192_token_input_runs_in_linear_memory() {
     let (packed, _) = bge::internals::bench_inputs(&config, 1, 8192, false, 7).unwrap();
     let reference = Encoder::load(&Reference, &config, &RandomParams { seed: 3 }).unwrap();
     let batch = Reference.batch(&packed).unwrap();
-    let want = reference.forward(&Reference, &batch).unwrap().data;
+    let want = reference.forward(&Reference, &batch).unwrap().into_data();
     assert_close(
         "8192 tokens, gpu vs reference",
         &to_f64(&out),

@@ -30,14 +30,6 @@ impl PackedBatch {
         self.offsets[s] as usize..self.offsets[s + 1] as usize
     }
 
-    /// The longest sequence in the batch.
-    pub fn max_len(&self) -> usize {
-        (0..self.sequences())
-            .map(|s| self.range(s).len())
-            .max()
-            .unwrap_or(0)
-    }
-
     /// The first row of every sequence (`[CLS]` / `<s>`).
     pub fn first_rows(&self) -> Vec<u32> {
         self.offsets[..self.sequences()].to_vec()

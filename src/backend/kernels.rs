@@ -5,9 +5,11 @@ use super::{Activation, BatchDims, Dims, Dtype, HeadDims, PackedBatch};
 use crate::error::Result;
 
 /// A backend's kernels. Each `*_unchecked` method computes the [`Backend`](super::Backend)
-/// operation of the same name and may assume the shapes that operation checks; it needs to
-/// check nothing else. Implementations are `Send + Sync`: one backend serves every thread that
-/// shares a model.
+/// operation of the same name and may assume the shapes that operation checks: given operands
+/// that fail them, it may return an error, panic or compute nonsense, but it never touches
+/// memory it does not own (the CPU's kernel functions, public themselves, check what their
+/// memory safety rests on). Implementations are `Send + Sync`: one backend serves every
+/// thread that shares a model.
 pub trait Kernels: Send + Sync {
     /// A `[rows, cols]` matrix in the backend's memory.
     type Tensor: Send + Sync;

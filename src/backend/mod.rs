@@ -255,10 +255,8 @@ pub trait Backend: Kernels {
         let (d, allowed) = (h / heads, self.head_dims());
         ensure(allowed.contains(d), "attention", || {
             format!(
-                "head size {d} is not supported by {}: it takes multiples of {} up to {}",
-                self.describe(),
-                allowed.multiple,
-                allowed.max
+                "head size {d} is not supported by this backend: it takes multiples of {} up to {}",
+                allowed.multiple, allowed.max
             )
         })?;
         self.attention_unchecked(qkv, batch, heads)

@@ -5,12 +5,13 @@
 use super::{Activation, BatchDims, Dims, Dtype, HostBatch, Kernels, PackedBatch};
 use crate::error::Result;
 
-/// A row-major `[rows, cols]` matrix in host memory.
+/// A row-major `[rows, cols]` matrix in host memory; `data` always holds `rows * cols` values
+/// (the kernels' memory safety rests on it, so the fields are not public).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Matrix {
-    pub data: Vec<f32>,
-    pub rows: usize,
-    pub cols: usize,
+    pub(crate) data: Vec<f32>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 impl Matrix {
@@ -31,6 +32,23 @@ impl Matrix {
             rows,
             cols,
         }
+    }
+
+    /// All values, row after row.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 
     pub fn row(&self, r: usize) -> &[f32] {

@@ -254,3 +254,66 @@ pub fn devices() -> Vec<bge::Device> {
         bge::Device::Gpu(None),
     ]
 }
+
+/// A result's exact bits, for bit-for-bit comparisons (`==` on floats holds for 0.0 and -0.0,
+/// and never for NaN).
+pub trait Bits {
+    fn push_bits(&self, out: &mut Vec<u32>);
+
+    fn bits(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.push_bits(&mut out);
+        out
+    }
+}
+
+impl Bits for f32 {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        out.push(self.to_bits());
+    }
+}
+
+impl Bits for u32 {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        out.push(*self);
+    }
+}
+
+impl<T: Bits> Bits for Vec<T> {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        out.push(self.len() as u32);
+        self.iter().for_each(|v| v.push_bits(out));
+    }
+}
+
+impl<A: Bits, B: Bits> Bits for (A, B) {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        self.0.push_bits(out);
+        self.1.push_bits(out);
+    }
+}
+
+impl<A: Bits, B: Bits, C: Bits> Bits for (A, B, C) {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        self.0.push_bits(out);
+        self.1.push_bits(out);
+        self.2.push_bits(out);
+    }
+}
+
+impl Bits for bge::LexicalWeights {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        self.0.push_bits(out);
+    }
+}
+
+impl Bits for bge::Embeddings {
+    fn push_bits(&self, out: &mut Vec<u32>) {
+        (
+            self.dense.clone(),
+            self.sparse.clone(),
+            self.colbert.clone(),
+        )
+            .push_bits(out);
+    }
+}

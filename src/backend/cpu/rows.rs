@@ -101,6 +101,14 @@ pub fn layer_norm(
     out: &mut [MaybeUninit<f32>], // [T, h], need not be initialised
 ) {
     let h = gamma.len();
+    // The vector loads of `Norm` read `h` values of `gamma` and `beta` unchecked.
+    assert!(
+        beta.len() == h
+            && out.len() == x.len()
+            && residual.is_none_or(|r| r.len() == x.len())
+            && (h > 0 && x.len().is_multiple_of(h) || x.is_empty()),
+        "layer_norm: x, residual, gamma, beta and out do not fit one [T, h]"
+    );
     for_rows(pool, out, h, |t, o| {
         isa.dispatch(Norm {
             row: &x[t * h..(t + 1) * h],

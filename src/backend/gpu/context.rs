@@ -53,7 +53,8 @@ pub fn hardware_gpu_present() -> bool {
 type PipelineKey = (&'static str, Vec<(&'static str, u32)>);
 
 /// What `bge devices` prints: each adapter with its backend, driver, the features the kernels
-/// use and the limits that size batches, and which adapter each `--device` choice takes.
+/// use and the limits that size batches, and which adapter each [`Device`](crate::Device)
+/// choice takes.
 pub fn adapter_report() -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -109,15 +110,16 @@ pub fn adapter_report() -> String {
         );
     }
     match best_adapter() {
-        None => out
-            .push_str("no GPU adapter: --device auto and cpu run on the CPU, --device gpu fails\n"),
+        None => {
+            out.push_str("no GPU adapter: devices auto and cpu run on the CPU, device gpu fails\n")
+        }
         Some(b) => {
             let auto = if hardware_gpu_present() {
-                format!("--device auto uses adapter {b}")
+                format!("device auto uses adapter {b}")
             } else {
-                "--device auto uses the CPU (only a software adapter is present)".into()
+                "device auto uses the CPU (only a software adapter is present)".into()
             };
-            let _ = writeln!(out, "--device gpu uses adapter {b}; {auto}");
+            let _ = writeln!(out, "device gpu uses adapter {b}; {auto}");
         }
     }
     out
@@ -156,7 +158,7 @@ impl Context {
         let mut contexts = CONTEXTS
             .get_or_init(Default::default)
             .lock()
-            .expect("context table lock");
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(c) = contexts.get(&index) {
             return Ok(c.clone());
         }
@@ -182,13 +184,13 @@ impl Context {
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             sink.lock()
-                .expect("error sink")
+                .unwrap_or_else(|e| e.into_inner())
                 .push(one_line(&e.to_string()));
         }));
         let lost = errors.clone();
         device.set_device_lost_callback(move |reason, message| {
             lost.lock()
-                .expect("error sink")
+                .unwrap_or_else(|e| e.into_inner())
                 .push(format!("device lost ({reason:?}): {}", one_line(&message)));
         });
         Ok(Context {
@@ -213,10 +215,12 @@ impl Context {
         constants: &[(&'static str, u32)],
     ) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = (kernel.name, constants.to_vec());
-        let mut cache = self.pipelines.lock().expect("pipeline cache lock");
-        if let Some(p) = cache.get(&key) {
-            return Ok(p.clone());
+        let cached = |key| self.lock_pipelines().get(key).cloned();
+        if let Some(p) = cached(&key) {
+            return Ok(p);
         }
+        // Compiled without the lock, so that other threads' dispatches of compiled kernels do
+        // not wait for this one; two threads may compile the same kernel once each at first.
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
@@ -247,8 +251,14 @@ impl Context {
             )));
         }
         let pipeline = Arc::new(pipeline);
-        cache.insert(key, pipeline.clone());
+        self.lock_pipelines().insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    fn lock_pipelines(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>> {
+        self.pipelines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A buffer of `size` bytes, or [`Error::GpuOutOfMemory`] when the device cannot give it.
@@ -280,7 +290,7 @@ impl Context {
 
     /// Errors wgpu reported since the last call, as one [`Error`].
     pub fn check(&self) -> Result<()> {
-        let mut errors = self.errors.lock().expect("error sink");
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         if errors.is_empty() {
             return Ok(());
         }

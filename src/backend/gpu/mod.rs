@@ -3,24 +3,25 @@
 //! Residency: weights are uploaded once; an operation only records a dispatch into the pending
 //! command encoder, so a whole forward pass is recorded without a single readback and
 //! submitted when [`Kernels::to_host`] needs a result. Intermediate tensors come from a
-//! [`pool::Pool`]; pipelines are compiled once per process ([`context::Context`]).
+//! pool; pipelines are compiled once per process ([`Context`]).
 //!
 //! Threads: the pending encoder sits behind a mutex held only while one command is recorded
 //! or the encoder is submitted, so concurrent forward passes interleave their commands on the
 //! one queue, each in its own order, and reach the queue in the order they were recorded; a
 //! readback submits what is pending and waits without the lock. A pooled buffer goes back to
 //! the pool only after its last command is recorded, so whichever pass takes it next records
-//! and submits its commands after that one (see [`pool`]).
+//! and submits its commands after that one. wgpu reports errors (a lost device, an invalid
+//! command) for the whole device, not per thread: whichever call checks next fails with them.
 //!
 //! Each shader has a Rust twin module holding its `Params` struct (`#[repr(C)]`, the layout
 //! of the shader's uniform), its [`Kernel`] description and the dispatch arithmetic.
 
 mod attention;
-pub mod context;
+mod context;
 mod embed;
 mod layer_norm;
 mod matmul;
-pub mod pool;
+mod pool;
 mod rows;
 
 use std::sync::{Arc, Mutex};
@@ -30,11 +31,11 @@ use wgpu::util::DeviceExt;
 
 use super::{Activation, BatchDims, Dims, Dtype, HeadDims, Kernels, PackedBatch};
 use crate::error::{Error, Result};
-use context::Context;
-use pool::{Pool, PoolStats, PooledBuffer};
+use pool::{Pool, PooledBuffer};
 
-pub use context::adapter_report;
+pub use context::{Context, adapter_report, hardware_gpu_present};
 pub use matmul::MatmulKernel;
+pub use pool::PoolStats;
 
 /// A shader and what the Rust side assumes about it (checked by `tests/shaders.rs`).
 pub struct Kernel {
@@ -125,8 +126,8 @@ pub struct Gpu {
 /// A `[rows, cols]` f32 matrix in a GPU buffer.
 pub struct GpuTensor {
     buffer: Buffer,
-    pub rows: usize,
-    pub cols: usize,
+    rows: usize,
+    cols: usize,
 }
 
 enum Buffer {

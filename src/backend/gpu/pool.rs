@@ -42,8 +42,12 @@ impl PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.buffer.take() {
-            self.pool.stats.lock().expect("pool stats").in_use -= self.class;
-            let mut free = self.pool.free.lock().expect("pool lock");
+            self.pool
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .in_use -= self.class;
+            let mut free = self.pool.free.lock().unwrap_or_else(|e| e.into_inner());
             free.entry(self.class).or_default().push(b);
         }
     }
@@ -72,7 +76,7 @@ impl Pool {
         let reused = self
             .free
             .lock()
-            .expect("pool lock")
+            .unwrap_or_else(|e| e.into_inner())
             .get_mut(&class)
             .and_then(Vec::pop);
         let buffer = match reused {
@@ -90,7 +94,7 @@ impl Pool {
                 self.ctx.buffer(size, usage, what)?
             }
         };
-        let mut stats = self.stats.lock().expect("pool stats");
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         stats.in_use += class;
         stats.peak_in_use = stats.peak_in_use.max(stats.in_use);
         stats.largest = stats.largest.max(buffer.size());
@@ -102,12 +106,12 @@ impl Pool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        *self.stats.lock().expect("pool stats")
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Forgets the peak and largest sizes (for measuring one phase of work).
     pub fn reset_peaks(&self) {
-        let mut s = self.stats.lock().expect("pool stats");
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.peak_in_use = s.in_use;
         s.largest = 0;
     }

@@ -1,14 +1,14 @@
 //! JSONL in and out for the command line, streamed: input lines are read and parsed on a
 //! thread of their own and handed over in chunks as they come, each chunk's results are written
-//! (and flushed) before the next is read, so memory stays bounded whatever the input's size and
-//! a slow producer sees its answers while it is still writing. Every input error names its line;
+//! (and flushed) before the next is processed, so memory stays bounded whatever the input's
+//! size and a slow producer sees its answers while it is still writing. Every input error names its line;
 //! an output file appears only when every line succeeded.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -16,18 +16,23 @@ use serde_json::Value;
 
 use bge::{Error, Result};
 
-/// How long input may pause before the lines read so far are processed without waiting for a
-/// full chunk.
-const PAUSE: Duration = Duration::from_millis(20);
+/// How long a line waits for more lines to share its batch: a chunk is processed at the latest
+/// this long after its first line was read, however slowly the rest arrive.
+const WAIT: Duration = Duration::from_millis(20);
+
+/// The longest input line, in bytes: a longer one is an error (texts are cut to the model's
+/// max length anyway; this bounds what one line can hold in memory).
+const MAX_LINE: usize = 64 << 20;
 
 /// A line's parser: its JSON value to an item, or what is wrong with it.
 pub type Parse<T> = fn(Value) -> std::result::Result<T, String>;
 
 /// Reads `--input` (or stdin) line by line, parses each line with `parse`, and calls `process`
 /// with the items in input order, in chunks of at most `chunk`: a chunk is handed over when it
-/// is full, when the input ends, or when the input pauses. At most two chunks of parsed lines
-/// wait at any time. A malformed line `N` ends the run: the lines before it are processed
-/// first, then the error names line `N`.
+/// is full, when the input ends, or [`WAIT`] after its first line was read. At most three
+/// chunks' worth of parsed lines are held at any time (two waiting, one being processed). A
+/// malformed line `N` ends the run: the lines before it are processed first, then the error
+/// names line `N`.
 pub fn stream<T: Send + 'static>(
     input: Option<&Path>,
     parse: Parse<T>,
@@ -35,7 +40,7 @@ pub fn stream<T: Send + 'static>(
     mut process: impl FnMut(Vec<T>) -> Result<()>,
 ) -> Result<()> {
     let chunk = chunk.max(1);
-    let reader: Box<dyn BufRead + Send> = match input {
+    let mut reader: Box<dyn BufRead + Send> = match input {
         Some(path) => Box::new(BufReader::new(File::open(path).map_err(|e| Error::Io {
             path: path.to_owned(),
             source: e,
@@ -44,11 +49,13 @@ pub fn stream<T: Send + 'static>(
     };
     let (tx, rx) = mpsc::sync_channel(2 * chunk);
     std::thread::spawn(move || {
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let item = parse_line(line, parse).map_err(|message| Error::InputLine {
-                line: i + 1,
-                message,
-            });
+        for line in 1.. {
+            let item = match read_line(&mut reader) {
+                Ok(None) => return,
+                Ok(Some(bytes)) => parse_line(bytes, parse),
+                Err(message) => Err(message),
+            }
+            .map_err(|message| Error::InputLine { line, message });
             let failed = item.is_err();
             // A closed channel means the run ended early (an error downstream): stop reading.
             if tx.send(item).is_err() || failed {
@@ -57,10 +64,11 @@ pub fn stream<T: Send + 'static>(
         }
     });
     let mut pending = Vec::with_capacity(chunk);
+    let mut deadline = Instant::now();
     loop {
         let next = match pending.is_empty() {
             true => rx.recv().ok(),
-            false => match rx.recv_timeout(PAUSE) {
+            false => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(item) => Some(item),
                 Err(RecvTimeoutError::Timeout) => {
                     process(std::mem::take(&mut pending))?;
@@ -71,6 +79,9 @@ pub fn stream<T: Send + 'static>(
         };
         match next {
             Some(Ok(item)) => {
+                if pending.is_empty() {
+                    deadline = Instant::now() + WAIT;
+                }
                 pending.push(item);
                 if pending.len() == chunk {
                     process(std::mem::take(&mut pending))?;
@@ -91,8 +102,26 @@ pub fn stream<T: Send + 'static>(
     }
 }
 
-fn parse_line<T>(line: io::Result<Vec<u8>>, parse: Parse<T>) -> std::result::Result<T, String> {
-    let mut bytes = line.map_err(|e| e.to_string())?;
+/// The next line without its `\n` (`None` at the end of the input), at most [`MAX_LINE`]
+/// bytes long.
+fn read_line(reader: &mut impl BufRead) -> std::result::Result<Option<Vec<u8>>, String> {
+    let mut line = Vec::new();
+    let read = reader
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| e.to_string())?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    } else if line.len() > MAX_LINE {
+        return Err(format!("longer than {} MiB", MAX_LINE >> 20));
+    }
+    Ok(Some(line))
+}
+
+fn parse_line<T>(mut bytes: Vec<u8>, parse: Parse<T>) -> std::result::Result<T, String> {
     if bytes.last() == Some(&b'\r') {
         bytes.pop();
     }
@@ -208,9 +237,13 @@ fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
-/// The lines of a file (a last line without `\n` counts), or `None` if it cannot be read.
+/// The lines of a regular file (a last line without `\n` counts), or `None` if it cannot be
+/// read or is not a regular file (a pipe would be emptied by counting).
 fn count_lines(path: &Path) -> Option<u64> {
     let mut file = File::open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut buf = vec![0u8; 1 << 16];
     let (mut lines, mut last) = (0u64, b'\n');
     loop {
