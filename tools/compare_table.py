@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Markdown table of a tools/compare_peers.sh run: one row per configuration, bge (f32 and
-bf16) beside PyTorch, ONNX Runtime and candle, and bge's ratio to the best peer of that row.
+bf16, and a baseline binary's where the run has one) beside PyTorch, ONNX Runtime and
+candle, and each bge's ratio to the best peer of that row.
 
     python3 tools/compare_table.py benchmarks/cpu-2026-11-28-run2.jsonl
 
@@ -17,7 +18,7 @@ import statistics
 import sys
 
 PEERS = ["torch", "ort", "ort-fused", "candle"]
-BGE = ["bge f32", "bge bf16"]
+ALL_BGE = ["bge f32", "bge bf16", "bge-baseline f32", "bge-baseline bf16"]
 
 
 def main(path):
@@ -26,13 +27,16 @@ def main(path):
     for line in open(path):
         r = json.loads(line)
         key = (r["shape"], r["batch"], r["seq"], bool(r.get("ragged")))
-        name = r["system"] if r["system"] != "bge" else "bge " + r["dtype"]
+        name = r["system"] if not r["system"].startswith("bge") else r["system"] + " " + r["dtype"]
         rows.setdefault(key, {}).setdefault(name, []).append(r)
+    present = {name for by in rows.values() for name in by}
+    BGE = [c for c in ALL_BGE if c in present]
     cols = BGE + PEERS
     rounds = max(len(runs) for by in rows.values() for runs in by.values())
     extra = " rounds |" if rounds > 1 else ""
-    print("| shape | workload | unit | " + " | ".join(cols) + " | f32 / best peer | bf16 / best peer |" + extra)
-    print("|" + "---|" * (len(cols) + 5 + (rounds > 1)))
+    ratio_cols = "".join(f" {c} / best peer |" for c in BGE)
+    print("| shape | workload | unit | " + " | ".join(cols) + " |" + ratio_cols + extra)
+    print("|" + "---|" * (len(cols) + 3 + len(BGE) + (rounds > 1)))
     for (shape, batch, seq, ragged), by in rows.items():
         latency = batch == 1
         value = (lambda r: r["median_s"] * 1e3) if latency else (lambda r: r["tokens_per_s"])
@@ -46,7 +50,7 @@ def main(path):
             for c in BGE:
                 if c in by:
                     ratios[c].append(value(by[c][k]) / best)
-        if not ratios["bge f32"] and not ratios["bge bf16"]:
+        if not any(ratios.values()):
             continue
 
         def cell(c):
