@@ -25,7 +25,10 @@ pub enum Head {
     /// `BertModel` / `XLMRobertaModel`: hidden states only (embedders).
     Encoder,
     /// `*ForSequenceClassification`: the cross-encoder rerankers (`dense -> tanh -> out_proj`).
-    Classifier { num_labels: usize },
+    Classifier {
+        /// Outputs of `out_proj` (1 for every bge-reranker).
+        num_labels: usize,
+    },
 }
 
 /// Sentence pooling, from `1_Pooling/config.json` (CLS when the file is absent, as in FlagModel).
@@ -64,20 +67,32 @@ impl std::str::FromStr for Pooling {
 /// The encoder hyper-parameters, read from `config.json` or taken from a [`Shape`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    /// BERT or XLM-RoBERTa (`model_type`).
     pub arch: Arch,
+    /// What sits on the encoder in the checkpoint (`architectures`).
     pub head: Head,
+    /// Rows of the word-embedding table.
     pub vocab_size: usize,
+    /// `h`: the width of every hidden state (and of the dense vectors).
     pub hidden_size: usize,
+    /// Transformer layers (`num_hidden_layers`).
     pub num_layers: usize,
+    /// Attention heads (`num_attention_heads`); the head size is `h / num_heads`.
     pub num_heads: usize,
+    /// Width of the feed-forward layer.
     pub intermediate_size: usize,
+    /// Rows of the position table (XLM-R reserves the first `pad_token_id + 1`).
     pub max_position_embeddings: usize,
+    /// Rows of the token-type table.
     pub type_vocab_size: usize,
+    /// The padding token's id.
     pub pad_token_id: u32,
+    /// LayerNorm's epsilon.
     pub layer_norm_eps: f32,
 }
 
 impl ModelConfig {
+    /// The size of one attention head, `hidden_size / num_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
@@ -98,6 +113,7 @@ impl ModelConfig {
             .saturating_sub(self.first_position())
     }
 
+    /// Reads and checks a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_bytes(path, &bytes)
@@ -124,6 +140,7 @@ impl ModelConfig {
 
 /// The real shapes of the BGE series, for benchmarks with random weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)] // the names say it
 pub enum Shape {
     BgeSmall,
     BgeBase,
@@ -146,6 +163,7 @@ impl std::str::FromStr for Shape {
     }
 }
 
+#[allow(missing_docs)]
 impl Shape {
     pub const ALL: [Shape; 4] = [
         Shape::BgeSmall,

@@ -47,10 +47,13 @@ pub fn default_query_instruction(model_name: &str) -> Option<&'static str> {
 /// How to load a model; `Default` gives FlagModel's defaults (except `use_fp16`: f32 here).
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// Where to run (default: a hardware GPU if there is one, else the CPU).
     pub device: Device,
+    /// How weights are stored (default f32; `use_fp16` maps to f16 on a GPU).
     pub dtype: Dtype,
     /// Worker threads of the CPU backend (all cores by default).
     pub threads: Option<usize>,
+    /// Texts per forward pass (default 256); any value gives the same vectors.
     pub batch_size: usize,
     /// `passage_max_length`, for `encode` and `encode_corpus` (default 512).
     pub max_length: Option<usize>,
@@ -58,6 +61,7 @@ pub struct Options {
     pub query_max_length: Option<usize>,
     /// Overrides `1_Pooling/config.json` (CLS when that file is absent).
     pub pooling: Option<Pooling>,
+    /// `normalize_embeddings`: L2-normalise the dense vectors (default true).
     pub normalize: bool,
     /// `query_instruction_for_retrieval`; `None` takes the model's default
     /// ([`default_query_instruction`]), `Some("")` means no instruction.
@@ -90,6 +94,7 @@ impl Default for Options {
 /// Which outputs a call computes (one encoder pass serves all of them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Want {
+    /// The pooled sentence vector.
     pub dense: bool,
     /// BGE-M3 lexical weights.
     pub sparse: bool,
@@ -98,6 +103,7 @@ pub struct Want {
 }
 
 impl Want {
+    /// The dense vector only: what `encode` gives.
     pub const DENSE: Want = Want {
         dense: true,
         sparse: false,
@@ -136,6 +142,7 @@ pub struct Embeddings {
     pub sparse: Vec<LexicalWeights>,
     /// BGE-M3 ColBERT vectors per text: one per token but the first (`len - 1` rows).
     pub colbert: Vec<Vec<Vec<f32>>>,
+    /// How many of the texts were longer than the max length and cut.
     pub truncated: usize,
 }
 
@@ -209,6 +216,7 @@ impl FlagModel {
         self.loaded.name()
     }
 
+    /// The model's `config.json`, as read.
     pub fn config(&self) -> &ModelConfig {
         self.loaded.config()
     }
@@ -224,6 +232,7 @@ impl FlagModel {
         self.loaded.heads()
     }
 
+    /// How dense vectors are pooled.
     pub fn pooling(&self) -> Pooling {
         self.pooling
     }
@@ -233,6 +242,7 @@ impl FlagModel {
         self.normalize
     }
 
+    /// Texts per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }

@@ -27,7 +27,10 @@
 //! (dense, sparse, ColBERT, classifier) -> the model API. [`backend`] is public for those who
 //! test, time or read the kernels.
 
+#![warn(missing_docs)]
+
 pub mod backend;
+#[allow(missing_docs)] // reached only through `internals`
 mod bench;
 mod config;
 mod device;
@@ -37,10 +40,14 @@ mod heads;
 pub mod llm_embedder;
 mod loaded;
 pub mod m3;
+#[allow(missing_docs)] // reached only through `internals`
 mod model;
 mod reranker;
+#[allow(missing_docs)] // reached only through `internals`
 mod source;
+#[allow(missing_docs)] // reached only through `internals`
 mod tokenize;
+#[allow(missing_docs)] // reached only through `internals`
 mod weights;
 
 pub use backend::Dtype;

@@ -6,8 +6,9 @@
 use crate::error::{Error, Result};
 use crate::flag_model::{FlagModel, Options, Want};
 
-/// LLM-Embedder's default query max length (keys use 512).
+/// LLM-Embedder's max length of a query.
 pub const QUERY_MAX_LENGTH: usize = 256;
+/// LLM-Embedder's max length of a key (a passage).
 pub const KEY_MAX_LENGTH: usize = 512;
 
 /// The tasks LLM-Embedder has instructions for.

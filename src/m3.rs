@@ -16,11 +16,16 @@ pub const DEFAULT_WEIGHTS: [f32; 3] = [1.0, 1.0, 1.0];
 /// The five scores of a (query, passage) pair.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct PairScores {
+    /// The dot product of the dense vectors.
     pub dense: f32,
+    /// The lexical matching score.
     pub sparse: f32,
+    /// The ColBERT late-interaction score.
     pub colbert: f32,
+    /// `(S·sparse + D·dense) / (D + S)`.
     #[serde(rename = "sparse+dense")]
     pub sparse_dense: f32,
+    /// `(C·colbert + S·sparse + D·dense) / (D + S + C)`.
     #[serde(rename = "colbert+sparse+dense")]
     pub colbert_sparse_dense: f32,
 }

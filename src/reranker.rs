@@ -74,6 +74,7 @@ impl Reranker {
         Ok(())
     }
 
+    /// Pairs per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }

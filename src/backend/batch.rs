@@ -17,10 +17,12 @@ pub struct PackedBatch {
 }
 
 impl PackedBatch {
+    /// `T`, the tokens of all sequences.
     pub fn tokens(&self) -> usize {
         self.ids.len()
     }
 
+    /// `B`, the sequences.
     pub fn sequences(&self) -> usize {
         self.offsets.len().saturating_sub(1)
     }
@@ -68,18 +70,24 @@ impl PackedBatch {
 /// The sizes of a checked batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchDims {
+    /// `T`
     pub tokens: usize,
+    /// `B`
     pub sequences: usize,
     /// The rows the word, position and token-type tables need: one more than the largest
     /// id of each kind (0 for an empty batch).
     pub id_rows: usize,
+    /// The rows the position table needs.
     pub position_rows: usize,
+    /// The rows the token-type table needs.
     pub type_rows: usize,
 }
 
 /// A checked [`PackedBatch`] in host memory: the batch of the reference and CPU backends.
 #[derive(Clone, Debug)]
 pub struct HostBatch {
+    /// The batch as given.
     pub packed: PackedBatch,
+    /// Its sizes, from [`PackedBatch::dims`].
     pub dims: BatchDims,
 }

@@ -55,16 +55,23 @@ pub trait Kernels: Send + Sync {
         pass()
     }
 
+    /// `[rows, cols]` of a tensor.
     fn tensor_dims(&self, x: &Self::Tensor) -> Dims;
+    /// `[rows, cols]` of an embedding table.
     fn table_dims(&self, t: &Self::Table) -> Dims;
+    /// `[out, in]` of a linear layer.
     fn linear_dims(&self, w: &Self::Linear) -> Dims;
+    /// The sizes of a batch, as [`PackedBatch::dims`] found them.
     fn batch_dims(&self, b: &Self::Batch) -> BatchDims;
 
     /// Copies a tensor back to the host as f32, waiting for any queued work.
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 
+    /// [`Backend::tensor`](super::Backend::tensor) on checked operands.
     fn tensor_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// [`Backend::table`](super::Backend::table) on checked operands.
     fn table_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Table>;
+    /// [`Backend::linear`](super::Backend::linear) on checked operands.
     fn linear_unchecked(
         &self,
         weight: &[f32],
@@ -72,7 +79,9 @@ pub trait Kernels: Send + Sync {
         out: usize,
         inp: usize,
     ) -> Result<Self::Linear>;
+    /// [`Backend::batch`](super::Backend::batch) on a checked batch.
     fn batch_unchecked(&self, batch: &PackedBatch, dims: BatchDims) -> Result<Self::Batch>;
+    /// [`Backend::embed`](super::Backend::embed) on checked operands.
     fn embed_unchecked(
         &self,
         batch: &Self::Batch,
@@ -80,12 +89,14 @@ pub trait Kernels: Send + Sync {
         position: &Self::Table,
         token_type: &Self::Table,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::matmul`](super::Backend::matmul) on checked operands.
     fn matmul_unchecked(
         &self,
         x: &Self::Tensor,
         w: &Self::Linear,
         act: Activation,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::layer_norm`](super::Backend::layer_norm) on checked operands.
     fn layer_norm_unchecked(
         &self,
         x: &Self::Tensor,
@@ -94,13 +105,17 @@ pub trait Kernels: Send + Sync {
         beta: &Self::Tensor,
         eps: f32,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::attention`](super::Backend::attention) on checked operands.
     fn attention_unchecked(
         &self,
         qkv: &Self::Tensor,
         batch: &Self::Batch,
         heads: usize,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::gather_rows`](super::Backend::gather_rows) on checked operands.
     fn gather_rows_unchecked(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
+    /// [`Backend::mean_pool`](super::Backend::mean_pool) on checked operands.
     fn mean_pool_unchecked(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// [`Backend::l2_normalize`](super::Backend::l2_normalize).
     fn l2_normalize_unchecked(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 }

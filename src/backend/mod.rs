@@ -41,6 +41,7 @@ pub type Dims = [usize; 2];
 /// The epilogue of [`Backend::matmul`], applied to `x W^T + b` element-wise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// `x W^T + b` as it is.
     None,
     /// Exact GELU, `x/2 * (1 + erf(x/sqrt 2))` (BERT's `gelu`, not the tanh approximation).
     Gelu,
@@ -100,7 +101,9 @@ impl std::str::FromStr for Dtype {
 /// The head sizes a backend's attention takes: multiples of `multiple`, at most `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadDims {
+    /// Every head size is a multiple of this.
     pub multiple: usize,
+    /// The largest head size.
     pub max: usize,
 }
 
@@ -111,6 +114,7 @@ impl HeadDims {
         max: usize::MAX,
     };
 
+    /// Whether head size `d` is one of these.
     pub fn contains(self, d: usize) -> bool {
         d > 0 && d.is_multiple_of(self.multiple) && d <= self.max
     }

@@ -39,18 +39,22 @@ impl Matrix {
         &self.data
     }
 
+    /// The values, row after row.
     pub fn into_data(self) -> Vec<f32> {
         self.data
     }
 
+    /// `rows`
     pub fn rows(&self) -> usize {
         self.rows
     }
 
+    /// `cols`
     pub fn cols(&self) -> usize {
         self.cols
     }
 
+    /// Row `r`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -68,12 +72,14 @@ pub struct Linear {
     pub bias: Vec<f32>,
 }
 
+/// The reference backend: no state, one thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reference;
 
 /// The reference backend's one precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
+    /// f32 storage, f64 sums.
     F32,
 }
 
@@ -88,6 +94,7 @@ pub fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
 }
 
+/// `act` applied to `x`.
 pub fn activate(act: Activation, x: f64) -> f64 {
     match act {
         Activation::None => x,

@@ -54,6 +54,7 @@ impl Head {
 pub struct HeadSet(u8);
 
 impl HeadSet {
+    /// No head.
     pub const EMPTY: HeadSet = HeadSet(0);
 
     /// The set with `head` added.
@@ -61,10 +62,12 @@ impl HeadSet {
         HeadSet(self.0 | 1 << head as u8)
     }
 
+    /// Whether `head` is in the set.
     pub fn contains(self, head: Head) -> bool {
         self.0 & head.bit() != 0
     }
 
+    /// Whether the set has no head.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

@@ -27,6 +27,7 @@ pub struct Cpu {
 /// What the CPU backend stores linear layers in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CpuPrecision {
+    /// f32 everywhere.
     #[default]
     F32,
     /// Linear layers in bf16 ([`PackedLinear::bf16`], AVX-512 BF16); attention and the row
@@ -106,6 +107,7 @@ impl Cpu {
         self.pool.current_num_threads()
     }
 
+    /// The instruction set the kernels run with.
     pub fn isa(&self) -> Isa {
         self.isa
     }

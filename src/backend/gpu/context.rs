@@ -127,10 +127,15 @@ pub fn adapter_report() -> String {
 
 /// A device, its queue, its pipelines and a record of errors wgpu reported asynchronously.
 pub struct Context {
+    /// The adapter's name, type, backend and driver.
     pub info: wgpu::AdapterInfo,
+    /// The device, opened with the adapter's own limits.
     pub device: wgpu::Device,
+    /// Its one queue.
     pub queue: wgpu::Queue,
+    /// The limits the device was opened with.
     pub limits: wgpu::Limits,
+    /// The optional features the kernels use that the device has (`SHADER_F16`).
     pub features: wgpu::Features,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     errors: Arc<Mutex<Vec<String>>>,
@@ -204,6 +209,7 @@ impl Context {
         })
     }
 
+    /// Whether shaders may use `f16`.
     pub fn has_f16(&self) -> bool {
         self.features.contains(wgpu::Features::SHADER_F16)
     }

@@ -39,6 +39,7 @@ pub use pool::PoolStats;
 
 /// A shader and what the Rust side assumes about it (checked by `tests/shaders.rs`).
 pub struct Kernel {
+    /// The shader's file name without `.wgsl`.
     pub name: &'static str,
     /// The WGSL source; the entry point is `main`.
     pub source: &'static str,
@@ -85,6 +86,7 @@ impl Default for GpuOptions {
 /// What the GPU backend stores linear weights in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GpuPrecision {
+    /// f32 everywhere.
     #[default]
     F32,
     /// f16 weights (SHADER_F16 needed): half their memory and bandwidth; activations and sums
@@ -115,6 +117,7 @@ impl TryFrom<Dtype> for GpuPrecision {
     }
 }
 
+/// The wgpu backend on one adapter. `Sync`: see the module's notes on threads.
 pub struct Gpu {
     ctx: Arc<Context>,
     pool: Arc<Pool>,
@@ -155,7 +158,10 @@ impl GpuTensor {
 /// and each batch's rows are gathered there and uploaded: `T * h` floats, negligible next to
 /// the encoder's work.
 pub enum GpuTable {
+    /// In a GPU buffer.
     Resident(GpuTensor),
+    /// In host memory, `[rows, cols]`.
+    #[allow(missing_docs)]
     Host {
         data: Vec<f32>,
         rows: usize,
@@ -187,6 +193,8 @@ pub struct GpuBatch {
 }
 
 impl Gpu {
+    /// The backend on the adapter `options` names (an error without one, or for f16 where the
+    /// adapter lacks `SHADER_F16`).
     pub fn new(options: GpuOptions) -> Result<Self> {
         let ctx = Context::shared(options.adapter)?;
         if options.precision == GpuPrecision::F16 && !ctx.has_f16() {
@@ -203,6 +211,7 @@ impl Gpu {
         })
     }
 
+    /// The device, its limits and features.
     pub fn context(&self) -> &Context {
         &self.ctx
     }
@@ -212,6 +221,7 @@ impl Gpu {
         self.pool.stats()
     }
 
+    /// Starts [`Self::pool_stats`]' peaks afresh (to measure one phase of work).
     pub fn reset_pool_peaks(&self) {
         self.pool.reset_peaks()
     }

@@ -15,8 +15,11 @@ use crate::error::Result;
 /// Bytes of the pool's buffers: in use now, at most at once, and the largest single buffer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
+    /// Bytes in use now.
     pub in_use: u64,
+    /// The most bytes in use at once.
     pub peak_in_use: u64,
+    /// The largest single buffer.
     pub largest: u64,
 }
 

@@ -80,6 +80,7 @@ impl Isa {
         }
     }
 
+    /// The instruction set's name: `avx512`, `avx2`, `neon` or `scalar`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
@@ -94,7 +95,9 @@ impl Isa {
 /// instruction set's vectors. `call` and everything it calls must be `#[inline(always)]`, so
 /// that it is compiled inside the dispatcher's `#[target_feature]` function.
 pub trait SimdFn {
+    /// What the computation returns.
     type Output;
+    /// Runs the computation with the vectors of `s`.
     fn call<S: Simd>(self, s: S) -> Self::Output;
 }
 
@@ -123,10 +126,13 @@ unsafe fn on_neon<F: SimdFn>(s: aarch64::Neon, f: F) -> F::Output {
 }
 
 /// A vector of `LANES` f32 values and its operations, implemented by a zero-sized token whose
-/// existence proves that the CPU supports the instruction set.
+/// existence proves that the CPU supports the instruction set. The arithmetic is lane-wise and
+/// does what its name says.
+#[allow(missing_docs)] // add, sub, mul, div, min, max, abs, splat
 pub trait Simd: Copy {
     /// The register type, e.g. `__m512`.
     type V: Copy;
+    /// f32 values per vector.
     const LANES: usize;
 
     fn splat(self, x: f32) -> Self::V;

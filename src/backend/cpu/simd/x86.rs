@@ -13,6 +13,7 @@ use super::Simd;
 pub struct Avx512(());
 
 impl Avx512 {
+    /// The token, if this CPU has AVX-512F.
     pub fn new() -> Option<Self> {
         is_x86_feature_detected!("avx512f").then_some(Avx512(()))
     }
@@ -114,6 +115,7 @@ impl Simd for Avx512 {
 pub struct Avx2(());
 
 impl Avx2 {
+    /// The token, if this CPU has AVX2 and FMA.
     pub fn new() -> Option<Self> {
         (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2(()))
     }
