@@ -81,6 +81,10 @@ pub enum Error {
     #[error("GPU: {0}")]
     Gpu(String),
 
+    /// The server could not start or serve (an address in use, a stopped worker).
+    #[error("server: {0}")]
+    Server(String),
+
     /// The GPU could not give a buffer this large.
     #[error(
         "GPU out of memory while allocating {bytes} bytes for {what}; try a smaller batch size or max length"

@@ -11,10 +11,10 @@ use crate::config::{ModelConfig, Pooling};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::heads::sparse::LexicalWeights;
-use crate::heads::{Head, HeadSet, Request};
+use crate::heads::{Head, HeadSet, Outputs, Request};
 use crate::loaded::LoadedModel;
 use crate::source::ModelFiles;
-use crate::tokenize::Tokenizer;
+use crate::tokenize::{Encoded, Side, Tokenizer};
 
 /// FlagEmbedding's query instruction for the English bge v1 / v1.5 models.
 pub const INSTRUCTION_EN: &str = "Represent this sentence for searching relevant passages: ";
@@ -144,6 +144,33 @@ pub struct Embeddings {
     pub colbert: Vec<Vec<Vec<f32>>>,
     /// How many of the texts were longer than the max length and cut.
     pub truncated: usize,
+}
+
+impl Embeddings {
+    /// Text `i`'s outputs, as `bge embed` writes them.
+    pub fn text(&self, i: usize) -> TextEmbeddings<'_> {
+        TextEmbeddings {
+            dense: self.dense.get(i).map(Vec::as_slice),
+            sparse: self.sparse.get(i),
+            colbert: self.colbert.get(i).map(Vec::as_slice),
+        }
+    }
+}
+
+/// One text's outputs in `bge embed`'s JSON shape (the server's `/encode` answers the same):
+/// exactly the outputs computed, `{"dense": [...], "sparse": {"<token id>": w}, "colbert":
+/// [[...]]}`.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TextEmbeddings<'a> {
+    /// The sentence vector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense: Option<&'a [f32]>,
+    /// BGE-M3's lexical weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<&'a LexicalWeights>,
+    /// BGE-M3's ColBERT vectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colbert: Option<&'a [Vec<f32>]>,
 }
 
 /// An embedder with FlagEmbedding's `FlagModel` semantics; with BGE-M3's heads present it also
@@ -308,45 +335,80 @@ impl FlagModel {
         want: Want,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Embeddings> {
-        let max_length = self.loaded.check_max_length(max_length)?;
         let heads = HeadSet::from(want);
-        if let Some(head) = heads.iter().find(|&h| !self.heads().contains(h)) {
-            let file = match head {
-                Head::Sparse => "sparse_linear.pt",
-                _ => "colbert_linear.pt",
-            };
-            return Err(Error::InvalidArgument(format!(
-                "model `{}` has no {} head ({file}); sparse and ColBERT outputs need BGE-M3",
-                self.name(),
-                head.name()
-            )));
-        }
-        let joined: Vec<String>;
-        let inputs: Vec<&str> = match instruction.filter(|i| !i.is_empty()) {
-            Some(ins) => {
-                joined = texts
-                    .iter()
-                    .map(|t| apply_format(&self.query_instruction_format, ins, t))
-                    .collect();
-                joined.iter().map(String::as_str).collect()
-            }
-            None => texts.to_vec(),
-        };
-        let encoded = self.tokenizer().encode_batch(&inputs, max_length)?;
-        let request = Request {
-            heads,
-            pooling: self.pooling,
-            normalize: self.normalize,
-        };
-        let out = self
-            .loaded
-            .run(&encoded, &request, self.batch_size, progress)?;
+        self.check_heads(heads)?;
+        let encoded = self.tokenize(texts, instruction, max_length, Side::Right)?;
+        let out = self.run(&encoded, heads, self.normalize, self.batch_size, progress)?;
         Ok(Embeddings {
             dense: out.dense,
             sparse: out.sparse,
             colbert: out.colbert,
             truncated: encoded.iter().filter(|e| e.truncated()).count(),
         })
+    }
+
+    /// An error naming the missing file unless the model has every head of `heads`.
+    pub(crate) fn check_heads(&self, heads: HeadSet) -> Result<()> {
+        match heads.iter().find(|&h| !self.heads().contains(h)) {
+            None => Ok(()),
+            Some(head) => {
+                let file = match head {
+                    Head::Sparse => "sparse_linear.pt",
+                    Head::Colbert => "colbert_linear.pt",
+                    _ => "a *ForSequenceClassification config",
+                };
+                Err(Error::InvalidArgument(format!(
+                    "model `{}` has no {} head ({file}); sparse and ColBERT outputs need BGE-M3",
+                    self.name(),
+                    head.name()
+                )))
+            }
+        }
+    }
+
+    /// The first half of [`Self::embed`]: `instruction` joined to each text, then the tokens,
+    /// cut to `max_length` at `side`.
+    pub(crate) fn tokenize(
+        &self,
+        texts: &[&str],
+        instruction: Option<&str>,
+        max_length: usize,
+        side: Side,
+    ) -> Result<Vec<Encoded>> {
+        let max_length = self.loaded.check_max_length(max_length)?;
+        let joined: Vec<String>;
+        let inputs: Vec<&str> = match instruction.filter(|i| !i.is_empty()) {
+            Some(ins) => {
+                joined = texts.iter().map(|t| self.instructed(ins, t)).collect();
+                joined.iter().map(String::as_str).collect()
+            }
+            None => texts.to_vec(),
+        };
+        self.tokenizer()
+            .encode_batch_from(&inputs, max_length, side)
+    }
+
+    /// `text` with `instruction` joined by `query_instruction_format`.
+    pub(crate) fn instructed(&self, instruction: &str, text: &str) -> String {
+        apply_format(&self.query_instruction_format, instruction, text)
+    }
+
+    /// The second half of [`Self::embed`]: the `heads` (checked with [`Self::check_heads`])
+    /// on tokenized texts, dense vectors L2-normalised if `normalize`.
+    pub(crate) fn run(
+        &self,
+        encoded: &[Encoded],
+        heads: HeadSet,
+        normalize: bool,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Outputs> {
+        let request = Request {
+            heads,
+            pooling: self.pooling,
+            normalize,
+        };
+        self.loaded.run(encoded, &request, batch_size, progress)
     }
 }
 

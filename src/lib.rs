@@ -43,6 +43,8 @@ pub mod m3;
 #[allow(missing_docs)] // reached only through `internals`
 mod model;
 mod reranker;
+#[cfg(feature = "serve")]
+pub mod serve;
 #[allow(missing_docs)] // reached only through `internals`
 mod source;
 #[allow(missing_docs)] // reached only through `internals`
@@ -55,7 +57,8 @@ pub use config::{ModelConfig, Pooling};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use flag_model::{
-    Embeddings, FlagModel, INSTRUCTION_EN, INSTRUCTION_ZH, Options, Want, default_query_instruction,
+    Embeddings, FlagModel, INSTRUCTION_EN, INSTRUCTION_ZH, Options, TextEmbeddings, Want,
+    default_query_instruction,
 };
 pub use heads::{Head, HeadSet};
 pub use llm_embedder::{LlmEmbedder, Task};

@@ -138,6 +138,12 @@ impl LlmEmbedder {
     }
 }
 
+/// Whether `model` is LLM-Embedder (its directory or repository is named `llm-embedder`), whose
+/// queries then default to the `qa` task, as `LLMEmbedder.encode_queries` does.
+pub fn is_llm_embedder(model: &FlagModel) -> bool {
+    model.name().eq_ignore_ascii_case("llm-embedder")
+}
+
 /// `LLMEmbedder.encode_queries(queries, task)` on a model loaded as a [`FlagModel`].
 pub fn encode_queries(model: &FlagModel, task: Task, queries: &[&str]) -> Result<Vec<Vec<f32>>> {
     let (query, _) = task.instructions();

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::flag_model::{Embeddings, FlagModel, Options, Want};
+use crate::flag_model::{Embeddings, FlagModel, Options, TextEmbeddings, Want};
 use crate::heads::{Head, colbert};
 
 pub use crate::heads::sparse::LexicalWeights;
@@ -42,6 +42,34 @@ impl PairScores {
             colbert_sparse_dense: (colbert * wc + sparse * ws + dense * wd) / (wd + ws + wc),
         }
     }
+}
+
+impl PairScores {
+    /// The scores of a query and a passage from their outputs (all three asked for), as
+    /// [`M3Model::compute_score`] gives them.
+    pub(crate) fn of(q: TextEmbeddings, p: TextEmbeddings, weights: [f32; 3]) -> Self {
+        let (empty_weights, no_vectors) = (LexicalWeights::default(), Vec::new());
+        let (qd, pd) = (q.dense.unwrap_or_default(), p.dense.unwrap_or_default());
+        let dense = qd.iter().zip(pd).map(|(a, b)| a * b).sum();
+        let sparse =
+            (q.sparse.unwrap_or(&empty_weights)).matching_score(p.sparse.unwrap_or(&empty_weights));
+        let colbert = colbert_score(
+            q.colbert.unwrap_or(&no_vectors),
+            p.colbert.unwrap_or(&no_vectors),
+        );
+        PairScores::new(dense, sparse, colbert, weights)
+    }
+}
+
+/// An error unless `weights` (dense, sparse, ColBERT) can be combined: dense + sparse and the
+/// sum of all three must not be 0.
+pub(crate) fn check_weights(weights: [f32; 3]) -> Result<()> {
+    if weights.iter().sum::<f32>() == 0.0 || weights[0] + weights[1] == 0.0 {
+        return Err(Error::InvalidArgument(format!(
+            "weights {weights:?}: dense + sparse and the sum of all three must not be 0"
+        )));
+    }
+    Ok(())
 }
 
 /// `compute_lexical_matching_score`: sum over ids in both texts of the product of weights.
@@ -136,23 +164,14 @@ impl M3Model {
         pairs: &[(&str, &str)],
         weights: [f32; 3],
     ) -> Result<Vec<PairScores>> {
-        if weights.iter().sum::<f32>() == 0.0 || weights[0] + weights[1] == 0.0 {
-            return Err(Error::InvalidArgument(format!(
-                "weights {weights:?}: dense + sparse and the sum of all three must not be 0"
-            )));
-        }
+        check_weights(weights)?;
         let (all, m) = (Want::ALL, &self.model);
         let queries: Vec<&str> = pairs.iter().map(|p| p.0).collect();
         let passages: Vec<&str> = pairs.iter().map(|p| p.1).collect();
         let q = m.embed(&queries, None, m.query_max_length(), all, &mut |_| {})?;
         let p = m.embed(&passages, None, m.max_length(), all, &mut |_| {})?;
         Ok((0..pairs.len())
-            .map(|i| {
-                let dense = q.dense[i].iter().zip(&p.dense[i]).map(|(a, b)| a * b).sum();
-                let sparse = q.sparse[i].matching_score(&p.sparse[i]);
-                let colbert = colbert_score(&q.colbert[i], &p.colbert[i]);
-                PairScores::new(dense, sparse, colbert, weights)
-            })
+            .map(|i| PairScores::of(q.text(i), p.text(i), weights))
             .collect())
     }
 

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::heads::{Head, HeadSet, Request, classifier};
 use crate::loaded::LoadedModel;
 use crate::source::ModelFiles;
+use crate::tokenize::Encoded;
 
 /// FlagReranker's default `max_length`.
 pub const DEFAULT_MAX_LENGTH: usize = 512;
@@ -63,6 +64,11 @@ impl Reranker {
         self.loaded.describe()
     }
 
+    #[cfg_attr(not(feature = "serve"), allow(dead_code))] // the server's `/tokenize`
+    pub(crate) fn tokenizer(&self) -> &crate::tokenize::Tokenizer {
+        self.loaded.tokenizer()
+    }
+
     /// The length of a whole pair in tokens; the query alone gets at most 3/4 of it.
     pub fn max_length(&self) -> usize {
         self.max_length
@@ -103,6 +109,16 @@ impl Reranker {
         normalize: bool,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {
+        let encoded = self.tokenize(pairs)?;
+        Ok(self
+            .run(&encoded, self.batch_size, progress)?
+            .iter()
+            .map(|logits| classifier::score(logits, normalize))
+            .collect())
+    }
+
+    /// The pairs as the cross-encoder reads them, cut to [`Self::max_length`].
+    pub(crate) fn tokenize(&self, pairs: &[(&str, &str)]) -> Result<Vec<Encoded>> {
         let max_length = self.max_length;
         let query_max_length = max_length * 3 / 4;
         let tokenizer = self.loaded.tokenizer();
@@ -119,18 +135,24 @@ impl Reranker {
                 e.len(),
             )));
         }
+        Ok(encoded)
+    }
+
+    /// Each tokenized pair's logits.
+    pub(crate) fn run(
+        &self,
+        encoded: &[Encoded],
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
         let request = Request {
             heads: HeadSet::from(Head::Classifier),
             pooling: Pooling::Cls,
             normalize: false,
         };
-        let out = self
+        Ok(self
             .loaded
-            .run(&encoded, &request, self.batch_size, progress)?;
-        Ok(out
-            .logits
-            .iter()
-            .map(|l| classifier::score(l, normalize))
-            .collect())
+            .run(encoded, &request, batch_size, progress)?
+            .logits)
     }
 }

@@ -34,6 +34,28 @@ impl Encoded {
     }
 }
 
+/// Which end of a long text truncation cuts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Side {
+    /// Keep the start, cut the end (FlagEmbedding, and transformers' default).
+    #[default]
+    Right,
+    /// Keep the end, cut the start.
+    Left,
+}
+
+/// One token of a text, as TEI's `/tokenize` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Token {
+    pub id: u32,
+    /// The text it covers; a special token's own text.
+    pub text: String,
+    pub special: bool,
+    /// Its byte span in the text (none for special tokens).
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Ids of the `cls`, `eos`, `pad` and `unk` tokens the model declares (BGE-M3's sparse
@@ -102,18 +124,24 @@ impl Tokenizer {
 
     /// Tokenizes `texts`, each truncated to `max_length` tokens special tokens included.
     pub fn encode_batch(&self, texts: &[&str], max_length: usize) -> Result<Vec<Encoded>> {
-        let added = self.special_tokens_added();
-        if max_length < added.max(1) {
-            return Err(Error::InvalidArgument(format!(
-                "max length {max_length} leaves no room for the {added} special tokens"
-            )));
-        }
+        self.encode_batch_from(texts, max_length, Side::Right)
+    }
+
+    /// [`Self::encode_batch`], cutting a long text at `side`: its end (FlagEmbedding's way) or
+    /// its start.
+    pub fn encode_batch_from(
+        &self,
+        texts: &[&str],
+        max_length: usize,
+        side: Side,
+    ) -> Result<Vec<Encoded>> {
+        let max_content = self.max_content(max_length)?;
         let raw = self
             .inner
             .encode_batch_fast(texts.to_vec(), false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         raw.into_iter()
-            .map(|e| self.finish(e, max_length - added))
+            .map(|e| self.finish(e, max_content, side))
             .collect()
     }
 
@@ -122,10 +150,78 @@ impl Tokenizer {
         Ok(v.remove(0))
     }
 
-    /// Cuts the content to `max_content` tokens, then adds the special tokens.
-    fn finish(&self, mut content: Encoding, max_content: usize) -> Result<Encoded> {
+    /// A text given as token ids (without special tokens, as a tokenizer gives them for the
+    /// text alone): cut to `max_length` at `side` and given the special tokens, as
+    /// [`Self::encode_batch_from`] does with the text's own ids.
+    pub fn encode_ids(&self, ids: &[u32], max_length: usize, side: Side) -> Result<Encoded> {
+        let max_content = self.max_content(max_length)?;
+        let vocab = self.inner.get_vocab_size(true);
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {vocab} tokens"
+            )));
+        }
+        let n = ids.len();
+        let tokens = ids
+            .iter()
+            .map(|&id| self.inner.id_to_token(id).unwrap_or_default())
+            .collect();
+        let content = Encoding::new(
+            ids.to_vec(),
+            vec![0; n],
+            tokens,
+            vec![None; n],
+            vec![(0, 0); n],
+            vec![0; n],
+            vec![1; n],
+            Vec::new(),
+            Default::default(),
+        );
+        self.finish(content, max_content, side)
+    }
+
+    /// The tokens of `text` with their byte spans in it (`None` for the special tokens the
+    /// post-processor adds), as TEI's `/tokenize` lists them.
+    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>> {
+        let e = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok((0..e.len())
+            .map(|i| {
+                let special = e.get_special_tokens_mask()[i] == 1;
+                let (start, stop) = e.get_offsets()[i];
+                let span = text.get(start..stop).filter(|_| !special);
+                Token {
+                    id: e.get_ids()[i],
+                    text: span.map_or_else(|| e.get_tokens()[i].clone(), str::to_owned),
+                    special,
+                    start: span.map(|_| start),
+                    stop: span.map(|_| stop),
+                }
+            })
+            .collect())
+    }
+
+    /// The content tokens `max_length` leaves room for beside the special tokens.
+    fn max_content(&self, max_length: usize) -> Result<usize> {
+        let added = self.special_tokens_added();
+        if max_length < added.max(1) {
+            return Err(Error::InvalidArgument(format!(
+                "max length {max_length} leaves no room for the {added} special tokens"
+            )));
+        }
+        Ok(max_length - added)
+    }
+
+    /// Cuts the content to `max_content` tokens at `side`, then adds the special tokens.
+    fn finish(&self, mut content: Encoding, max_content: usize, side: Side) -> Result<Encoded> {
         let untruncated_len = content.len() + self.special_tokens_added();
-        content.truncate(max_content, 0, TruncationDirection::Right);
+        let direction = match side {
+            Side::Right => TruncationDirection::Right,
+            Side::Left => TruncationDirection::Left,
+        };
+        content.truncate(max_content, 0, direction);
         let full = self
             .inner
             .post_process(content, None, true)

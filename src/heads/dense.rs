@@ -26,3 +26,39 @@ pub(crate) fn forward<B: Backend>(
     let [_, h] = b.tensor_dims(&pooled);
     Ok(rows(b.to_host(&pooled)?, h))
 }
+
+/// Matryoshka-style shortening: the first `dimensions` components of `vector`, L2-normalised
+/// again if `normalize` (as TEI's `dimensions` does); a vector no longer than `dimensions` is
+/// kept as it is.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))] // the server's `dimensions`
+pub(crate) fn shorten(mut vector: Vec<f32>, dimensions: usize, normalize: bool) -> Vec<f32> {
+    if dimensions >= vector.len() {
+        return vector;
+    }
+    vector.truncate(dimensions);
+    if normalize {
+        // torch.nn.functional.normalize: x / max(||x||, eps)
+        let norm = vector
+            .iter()
+            .map(|&x| x as f64 * x as f64)
+            .sum::<f64>()
+            .sqrt();
+        let scale = 1.0 / norm.max(1e-12);
+        vector
+            .iter_mut()
+            .for_each(|x| *x = (*x as f64 * scale) as f32);
+    }
+    vector
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shortening_keeps_the_first_components_and_renormalises() {
+        let v = vec![0.6, 0.0, 0.8, 0.0];
+        assert_eq!(super::shorten(v.clone(), 4, true), v);
+        assert_eq!(super::shorten(v.clone(), 1, false), [0.6]);
+        assert_eq!(super::shorten(v.clone(), 1, true), [1.0]);
+        assert_eq!(super::shorten(vec![0.0, 0.0], 1, true), [0.0]);
+    }
+}

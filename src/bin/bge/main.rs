@@ -13,9 +13,7 @@ use serde::Serialize;
 
 use bge::internals::{BenchSpec, DEFAULT_BATCH_SIZE, RERANKER_BATCH_SIZE, Shape};
 use bge::llm_embedder::{self, Task};
-use bge::{
-    Device, Dtype, Error, FlagModel, LexicalWeights, M3Model, Options, Reranker, Result, Want,
-};
+use bge::{Device, Dtype, Error, FlagModel, M3Model, Options, Reranker, Result, Want};
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +34,9 @@ enum Command {
     Score(ScoreArgs),
     /// Reranker scores of JSONL {"query": ..., "passage": ...} pairs.
     Rerank(RerankArgs),
+    /// Serve the model over HTTP: TEI's and OpenAI's embedding APIs, BGE-M3's outputs, rerankers.
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
     /// Time the encoder on random or real weights (same JSON fields as peer_bench.py).
     Bench(BenchArgs),
     /// List the GPU adapters wgpu finds, with the features and limits the kernels use.
@@ -118,6 +119,59 @@ struct RerankArgs {
     batch_size: usize,
 }
 
+#[cfg(feature = "serve")]
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A model directory or a Hugging Face id: an embedder (bge, BGE-M3, LLM-Embedder) or a
+    /// reranker.
+    #[arg(long)]
+    model: String,
+    /// auto, cpu, reference, gpu or gpu:N.
+    #[arg(long, default_value = "auto", value_parser = parse::<Device>)]
+    device: Device,
+    /// f32, f16 (GPU) or bf16 (CPU with AVX-512 BF16).
+    #[arg(long, default_value = "f32", value_parser = parse::<Dtype>)]
+    dtype: Dtype,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on (0: a free port, which the log names).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The most real tokens (no padding) one batch holds.
+    #[arg(long, default_value_t = 16384)]
+    max_batch_tokens: usize,
+    /// The most texts in flight; a request that would pass it gets 429 at once.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// The most inputs one request may hold (422 beyond).
+    #[arg(long, default_value_t = 64)]
+    max_client_batch_size: usize,
+    /// The longest input in tokens, special tokens included (default: 512, or the model's
+    /// positions if fewer; LLM-Embedder's query prompts 256).
+    #[arg(long)]
+    max_input_length: Option<usize>,
+    /// Cut longer inputs instead of answering 422 (a request's `truncate` overrides it).
+    #[arg(long)]
+    auto_truncate: bool,
+    /// The largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 2_000_000)]
+    payload_limit: usize,
+    /// Require `Authorization: Bearer KEY` on every route but /health (401 otherwise).
+    #[arg(long, env = "BGE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model's name in /info, /v1/models and OpenAI answers (default: its directory or
+    /// repository name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// The instruction `prompt_name: "query"` puts before a text (default: the model's own).
+    #[arg(long)]
+    query_instruction: Option<String>,
+    /// Threads that tokenize requests (default: the number of CPUs).
+    #[arg(long)]
+    tokenization_workers: Option<usize>,
+}
+
 #[derive(clap::Args)]
 struct BenchArgs {
     /// bge-small, bge-base, bge-large or bge-m3 (random weights at the real shape).
@@ -192,6 +246,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => embed(args),
         Command::Score(args) => score(args),
         Command::Rerank(args) => rerank(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve(args),
         Command::Bench(args) => run_bench(args),
         Command::Devices => {
             print!("{}", bge::backend::gpu::adapter_report());
@@ -219,17 +275,6 @@ fn quiet_mesa_device_select() {
     }
 }
 
-/// One output line of `bge embed`: exactly the outputs asked for.
-#[derive(Serialize)]
-struct EmbedLine<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dense: Option<&'a [f32]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sparse: Option<&'a LexicalWeights>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    colbert: Option<&'a [Vec<f32>]>,
-}
-
 fn embed(args: EmbedArgs) -> Result<()> {
     let c = &args.common;
     let model = FlagModel::load(
@@ -247,7 +292,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
     // LLM-Embedder's queries default to its `qa` task, as its `encode_queries` does.
     let task = args
         .task
-        .or((args.query && model.name().eq_ignore_ascii_case("llm-embedder")).then_some(Task::Qa));
+        .or((args.query && llm_embedder::is_llm_embedder(&model)).then_some(Task::Qa));
     let (instruction, max_length) = match task {
         Some(task) => {
             let (query, key) = task.instructions();
@@ -284,11 +329,7 @@ fn embed(args: EmbedArgs) -> Result<()> {
         })?;
         (texts, truncated) = (texts + chunk.len(), truncated + e.truncated);
         for i in 0..chunk.len() {
-            out.line(&EmbedLine {
-                dense: e.dense.get(i).map(Vec::as_slice),
-                sparse: e.sparse.get(i),
-                colbert: e.colbert.get(i).map(Vec::as_slice),
-            })?;
+            out.line(&e.text(i))?;
         }
         out.flush()
     })?;
@@ -360,6 +401,27 @@ fn rerank(args: RerankArgs) -> Result<()> {
     })?;
     progress.finish_and_clear();
     out.commit()
+}
+
+#[cfg(feature = "serve")]
+fn serve(args: ServeArgs) -> Result<()> {
+    bge::serve::run(bge::serve::ServeOptions {
+        model: args.model,
+        device: args.device,
+        dtype: args.dtype,
+        host: args.host,
+        port: args.port,
+        max_batch_tokens: args.max_batch_tokens,
+        max_concurrent_requests: args.max_concurrent_requests,
+        max_client_batch_size: args.max_client_batch_size,
+        max_input_length: args.max_input_length,
+        auto_truncate: args.auto_truncate,
+        payload_limit: args.payload_limit,
+        api_key: args.api_key,
+        served_model_name: args.served_model_name,
+        query_instruction: args.query_instruction,
+        tokenization_workers: args.tokenization_workers,
+    })
 }
 
 fn run_bench(args: BenchArgs) -> Result<()> {
