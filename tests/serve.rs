@@ -1018,6 +1018,7 @@ fn overload_gets_429_at_once_and_the_server_stays_healthy() {
                     let start = Instant::now();
                     let r = server.post("/embed", &json!({"inputs": t}));
                     if r.status == 429 {
+                        assert_eq!(r.header("retry-after"), Some("1"));
                         let m = r.tei_error(429, "Overloaded");
                         assert!(m.contains("--max-concurrent-requests"), "{m}");
                         assert!(

@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -139,8 +139,21 @@ impl From<Refusal> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": self.message, "error_type": self.error_type.name()});
-        (self.status, axum::Json(body)).into_response()
+        with_retry_after(
+            self.error_type,
+            (self.status, axum::Json(body)).into_response(),
+        )
     }
+}
+
+/// An overloaded answer says when to come back (`Retry-After`, which OpenAI's and other
+/// clients honour): in a second, by when the texts in flight are usually done.
+fn with_retry_after(error_type: ErrorType, mut response: Response) -> Response {
+    if error_type == ErrorType::Overloaded {
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }
 
 /// An [`ApiError`] in OpenAI's shape, for `/v1/`.
