@@ -232,7 +232,9 @@ impl FlagModel {
                 .query_instruction
                 .clone()
                 .or_else(|| default_query_instruction(loaded.name()).map(str::to_owned)),
-            query_instruction_format: options.query_instruction_format.clone(),
+            // A literal `\n` in the format is a newline, as FlagEmbedding reads it
+            // (abc/inference/AbsEmbedder.py, get_detailed_instruct).
+            query_instruction_format: options.query_instruction_format.replace("\\n", "\n"),
             passage_instruction: options.passage_instruction.clone(),
             loaded,
         })
@@ -335,10 +337,31 @@ impl FlagModel {
         want: Want,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Embeddings> {
+        self.embed_batched(
+            texts,
+            instruction,
+            max_length,
+            want,
+            self.batch_size,
+            progress,
+        )
+    }
+
+    /// [`Self::embed`] with this call's own batch size (FlagModel's per-call `batch_size`),
+    /// which changes the memory and speed of the call, never its outputs.
+    pub fn embed_batched(
+        &self,
+        texts: &[&str],
+        instruction: Option<&str>,
+        max_length: usize,
+        want: Want,
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Embeddings> {
         let heads = HeadSet::from(want);
         self.check_heads(heads)?;
         let encoded = self.tokenize(texts, instruction, max_length, Side::Right)?;
-        let out = self.run(&encoded, heads, self.normalize, self.batch_size, progress)?;
+        let out = self.run(&encoded, heads, self.normalize, batch_size, progress)?;
         Ok(Embeddings {
             dense: out.dense,
             sparse: out.sparse,

@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod alloc;
 pub mod backend;
 #[allow(missing_docs)] // reached only through `internals`
 mod bench;
@@ -52,6 +53,7 @@ mod tokenize;
 #[allow(missing_docs)] // reached only through `internals`
 mod weights;
 
+pub use alloc::keep_freed_memory;
 pub use backend::Dtype;
 pub use config::{ModelConfig, Pooling};
 pub use device::Device;
@@ -60,6 +62,7 @@ pub use flag_model::{
     Embeddings, FlagModel, INSTRUCTION_EN, INSTRUCTION_ZH, Options, TextEmbeddings, Want,
     default_query_instruction,
 };
+pub use heads::dense::shorten as truncate_dimensions;
 pub use heads::{Head, HeadSet};
 pub use llm_embedder::{LlmEmbedder, Task};
 pub use m3::{LexicalWeights, M3Model, PairScores};

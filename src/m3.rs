@@ -164,12 +164,33 @@ impl M3Model {
         pairs: &[(&str, &str)],
         weights: [f32; 3],
     ) -> Result<Vec<PairScores>> {
+        let m = &self.model;
+        let lengths = (m.query_max_length(), m.max_length());
+        self.compute_score_with(pairs, weights, lengths, m.batch_size())
+    }
+
+    /// [`Self::compute_score`] with this call's own `(max_query_length, max_passage_length)`
+    /// and batch size, as FlagEmbedding's `compute_score` takes them.
+    pub fn compute_score_with(
+        &self,
+        pairs: &[(&str, &str)],
+        weights: [f32; 3],
+        (query_max_length, max_length): (usize, usize),
+        batch_size: usize,
+    ) -> Result<Vec<PairScores>> {
         check_weights(weights)?;
         let (all, m) = (Want::ALL, &self.model);
         let queries: Vec<&str> = pairs.iter().map(|p| p.0).collect();
         let passages: Vec<&str> = pairs.iter().map(|p| p.1).collect();
-        let q = m.embed(&queries, None, m.query_max_length(), all, &mut |_| {})?;
-        let p = m.embed(&passages, None, m.max_length(), all, &mut |_| {})?;
+        let q = m.embed_batched(
+            &queries,
+            None,
+            query_max_length,
+            all,
+            batch_size,
+            &mut |_| {},
+        )?;
+        let p = m.embed_batched(&passages, None, max_length, all, batch_size, &mut |_| {})?;
         Ok((0..pairs.len())
             .map(|i| PairScores::of(q.text(i), p.text(i), weights))
             .collect())

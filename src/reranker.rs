@@ -109,18 +109,37 @@ impl Reranker {
         normalize: bool,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>> {
-        let encoded = self.tokenize(pairs)?;
+        let (max_length, batch_size) = (self.max_length, self.batch_size);
+        self.compute_score_at(pairs, normalize, (max_length, None), batch_size, progress)
+    }
+
+    /// [`Self::compute_score`] with this call's own `(max_length, query_max_length)` (the
+    /// query's share defaults to 3/4 of the pair) and batch size, as FlagReranker takes them.
+    pub fn compute_score_at(
+        &self,
+        pairs: &[(&str, &str)],
+        normalize: bool,
+        lengths: (usize, Option<usize>),
+        batch_size: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>> {
+        let encoded = self.tokenize(pairs, lengths)?;
         Ok(self
-            .run(&encoded, self.batch_size, progress)?
+            .run(&encoded, batch_size, progress)?
             .iter()
             .map(|logits| classifier::score(logits, normalize))
             .collect())
     }
 
-    /// The pairs as the cross-encoder reads them, cut to [`Self::max_length`].
-    pub(crate) fn tokenize(&self, pairs: &[(&str, &str)]) -> Result<Vec<Encoded>> {
-        let max_length = self.max_length;
-        let query_max_length = max_length * 3 / 4;
+    /// The pairs as the cross-encoder reads them: the whole pair cut to `max_length`, the
+    /// query alone to `query_max_length` (default 3/4 of `max_length`).
+    pub(crate) fn tokenize(
+        &self,
+        pairs: &[(&str, &str)],
+        (max_length, query_max_length): (usize, Option<usize>),
+    ) -> Result<Vec<Encoded>> {
+        let max_length = self.loaded.check_max_length(max_length)?;
+        let query_max_length = query_max_length.unwrap_or(max_length * 3 / 4);
         let tokenizer = self.loaded.tokenizer();
         let encoded = pairs
             .iter()

@@ -46,9 +46,11 @@ impl ModelFiles {
         if is_hub_id(spec) {
             return Hub::from_env(spec).files();
         }
-        Err(Error::InvalidArgument(format!(
-            "model `{spec}` is neither a directory nor a Hugging Face id like BAAI/bge-small-en-v1.5"
-        )))
+        Err(Error::MissingFile {
+            path: spec.into(),
+            hint: " (the model is neither a directory nor a Hugging Face id like BAAI/bge-small-en-v1.5)"
+                .into(),
+        })
     }
 
     /// The files of a model directory in the Hugging Face layout.

@@ -28,10 +28,9 @@ pub(crate) fn forward<B: Backend>(
 }
 
 /// Matryoshka-style shortening: the first `dimensions` components of `vector`, L2-normalised
-/// again if `normalize` (as TEI's `dimensions` does); a vector no longer than `dimensions` is
-/// kept as it is.
-#[cfg_attr(not(feature = "serve"), allow(dead_code))] // the server's `dimensions`
-pub(crate) fn shorten(mut vector: Vec<f32>, dimensions: usize, normalize: bool) -> Vec<f32> {
+/// again if `normalize` (TEI's and OpenAI's `dimensions`, FlagModel's `truncate_dim`); a vector
+/// no longer than `dimensions` is kept as it is.
+pub fn shorten(mut vector: Vec<f32>, dimensions: usize, normalize: bool) -> Vec<f32> {
     if dimensions >= vector.len() {
         return vector;
     }

@@ -317,7 +317,7 @@ impl Served {
             return Err(self.check(Kind::Classify, "/rerank").unwrap_err());
         };
         let pairs: Vec<(&str, &str)> = texts.iter().map(|t| (query, t.as_str())).collect();
-        let encoded = reranker.tokenize(&pairs)?;
+        let encoded = reranker.tokenize(&pairs, (reranker.max_length(), None))?;
         check_lengths(&encoded, reranker.max_length(), truncate, "pair")?;
         Ok(encoded)
     }

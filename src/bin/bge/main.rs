@@ -221,7 +221,7 @@ fn parse_weights(s: &str) -> std::result::Result<[f32; 3], String> {
 
 fn main() -> ExitCode {
     quiet_mesa_device_select();
-    keep_freed_memory();
+    bge::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -442,30 +442,4 @@ fn run_bench(args: BenchArgs) -> Result<()> {
     let line = bge::internals::run_bench(&spec)?;
     println!("{line}");
     Ok(())
-}
-
-/// Lets glibc keep the memory of freed activations for the next ones. By default each
-/// buffer over 128 KiB (later: over the largest freed so far, up to 32 MiB) is a fresh `mmap`
-/// whose pages the kernel faults in and zeroes on first touch, and the heap top is returned
-/// to the system once 128 KiB of it are free: on the CPU backend that cost 3-4% of a forward
-/// pass. Buffers up to 1 GiB now come from the heap, which keeps up to 1 GiB of free memory.
-/// One arena for all threads: the forward pass allocates on rayon's workers, and a worker's
-/// own arena (64 MiB heaps) still maps every buffer larger than that afresh (bge-base's FFN
-/// activations at 32 x 128: 50k page faults per pass, 2-4% of its time).
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-        }
-        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
-        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
-        const M_ARENA_MAX: std::ffi::c_int = -8;
-        // SAFETY: mallopt only changes allocator tunables; called before any thread starts.
-        unsafe {
-            mallopt(M_MMAP_THRESHOLD, 1 << 30);
-            mallopt(M_TRIM_THRESHOLD, 1 << 30);
-            mallopt(M_ARENA_MAX, 1);
-        }
-    }
 }
