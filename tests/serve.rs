@@ -823,6 +823,14 @@ fn every_limit_and_bad_request_has_its_status_and_json() {
     server
         .post_raw("/embed", b"{\"inputs\": \"a\"}", &wrong)
         .tei_error(401, "Unauthorized");
+    // The scheme is case-insensitive (RFC 9110).
+    let lower = [("Authorization", "bearer sesame")];
+    assert_eq!(
+        server
+            .post_raw("/embed", b"{\"inputs\": \"a\"}", &lower)
+            .status,
+        200
+    );
     server
         .post("/v1/embeddings", &json!({"input": "a"}))
         .openai_error(401, "invalid_request_error");
@@ -889,6 +897,10 @@ fn every_limit_and_bad_request_has_its_status_and_json() {
     server
         .post_raw("/embed", b"", &key)
         .tei_error(422, "Validation");
+    let m = server
+        .post_raw("/embed", b"{\"inputs\": \"a\"} junk", &key)
+        .tei_error(422, "Validation");
+    assert!(m.contains("trailing"), "{m}");
 
     // 413: a body over --payload-limit, with and without a content length.
     let big = json!({"inputs": "x".repeat(5000)});
@@ -1009,17 +1021,25 @@ fn overload_gets_429_at_once_and_the_server_stays_healthy() {
     );
     let texts = long_texts(16, 200);
     let statuses = std::sync::Mutex::new(Vec::new());
-    // 4x the limit: 16 clients, each sending 4 requests of one long text back to back.
+    // 4x the limit: 16 clients, each sending 4 requests of one long text back to back, half
+    // of them to TEI's route and half to OpenAI's.
     std::thread::scope(|s| {
-        for t in &texts {
+        for (i, t) in texts.iter().enumerate() {
             let (server, statuses) = (&server, &statuses);
             s.spawn(move || {
                 for _ in 0..4 {
                     let start = Instant::now();
-                    let r = server.post("/embed", &json!({"inputs": t}));
+                    let openai = i % 2 == 1;
+                    let r = match openai {
+                        true => server.post("/v1/embeddings", &json!({"input": t})),
+                        false => server.post("/embed", &json!({"inputs": t})),
+                    };
                     if r.status == 429 {
                         assert_eq!(r.header("retry-after"), Some("1"));
-                        let m = r.tei_error(429, "Overloaded");
+                        let m = match openai {
+                            true => r.openai_error(429, "requests"),
+                            false => r.tei_error(429, "Overloaded"),
+                        };
                         assert!(m.contains("--max-concurrent-requests"), "{m}");
                         assert!(
                             start.elapsed() < Duration::from_secs(5),
@@ -1039,8 +1059,10 @@ fn overload_gets_429_at_once_and_the_server_stays_healthy() {
         rejected > 0 && served > 0,
         "{rejected} rejected, {served} served"
     );
+    // More texts than the limit could never run: 422, not a 429 to retry forever.
     let r = server.post("/v1/embeddings", &json!({"input": vec!["a"; 5]}));
-    r.openai_error(429, "requests");
+    let m = r.openai_error(422, "invalid_request_error");
+    assert!(m.contains("--max-concurrent-requests of 4"), "{m}");
     assert_eq!(server.get("/health").status, 200);
     assert_eq!(
         server

@@ -7,7 +7,7 @@ import numpy.typing as npt
 
 __version__: str
 
-Devices = Union[str, int, Sequence[Union[str, int]], None]
+Devices = Union[str, int, List[Union[str, int]], None]
 Sentences = Union[str, Sequence[str]]
 Pair = Union[Tuple[str, str], Sequence[str]]
 LexicalWeights = Dict[str, float]
@@ -100,6 +100,7 @@ class BGEM3FlagModel:
         return_dense: Optional[bool] = None,
         return_sparse: Optional[bool] = None,
         return_colbert_vecs: Optional[bool] = None,
+        convert_to_numpy: Optional[bool] = None,
     ) -> Dict[str, Any]:
         """{"dense_vecs", "lexical_weights", "colbert_vecs"}; None for what was not asked."""
     def encode_queries(
@@ -110,6 +111,7 @@ class BGEM3FlagModel:
         return_dense: Optional[bool] = None,
         return_sparse: Optional[bool] = None,
         return_colbert_vecs: Optional[bool] = None,
+        convert_to_numpy: Optional[bool] = None,
     ) -> Dict[str, Any]: ...
     def encode_corpus(
         self,
@@ -119,6 +121,7 @@ class BGEM3FlagModel:
         return_dense: Optional[bool] = None,
         return_sparse: Optional[bool] = None,
         return_colbert_vecs: Optional[bool] = None,
+        convert_to_numpy: Optional[bool] = None,
     ) -> Dict[str, Any]: ...
     def compute_lexical_matching_score(
         self,

@@ -43,9 +43,11 @@ pub(crate) fn load_embedder(
     passage_instruction: Option<String>,
 ) -> PyResult<Embedder> {
     let device = device(devices)?;
+    // Finding out whether `devices=None` means a GPU enumerates the adapters: without the GIL.
+    let dtype = py.detach(|| dtype(device, use_fp16, use_bf16))?;
     let options = Options {
         device,
-        dtype: dtype(device, use_fp16, use_bf16)?,
+        dtype,
         threads: None,
         batch_size,
         max_length: Some(passage_max_length),
@@ -328,23 +330,27 @@ impl FlagModel {
     }
 }
 
-/// `passage_instruction_for_retrieval` (FlagEmbedding reads it from `**kwargs`), which bge
-/// joins with the query format: a different `passage_instruction_format` is refused.
+/// `passage_instruction_for_retrieval` (FlagEmbedding reads it and `passage_instruction_format`,
+/// default `"{}{}"`, from `**kwargs`). bge joins every instruction with
+/// `query_instruction_format`, so a passage instruction whose format differs from it is
+/// refused rather than joined differently from FlagEmbedding.
 pub(crate) fn passage_instruction(
     extra: &HashMap<String, Bound<PyAny>>,
     query_format: &str,
 ) -> PyResult<Option<String>> {
-    if let Some(f) = extra.get("passage_instruction_format") {
-        let f: String = f.extract()?;
-        if f != query_format {
-            return Err(value_error(
-                "passage_instruction_format: bge_rs joins passage instructions with query_instruction_format; give the same format",
-            ));
-        }
-    }
-    extra
+    let instruction = extra
         .get("passage_instruction_for_retrieval")
         .map(|p| p.extract::<Option<String>>())
-        .transpose()
-        .map(Option::flatten)
+        .transpose()?
+        .flatten();
+    let format = match extra.get("passage_instruction_format") {
+        Some(f) => f.extract::<String>()?,
+        None => "{}{}".to_owned(),
+    };
+    if instruction.is_some() && format != query_format {
+        return Err(value_error(format!(
+            "passage_instruction_format `{format}` differs from query_instruction_format `{query_format}`: bge_rs joins both instructions with one format"
+        )));
+    }
+    Ok(instruction)
 }

@@ -315,7 +315,7 @@ impl BGEM3FlagModel {
                 b.len()
             )));
         }
-        Ok(bge::m3::colbert_score(&q, &p))
+        Ok(py.detach(|| bge::m3::colbert_score(&q, &p)))
     }
 
     /// `convert_id_to_token(lexical_weights)`: the weights keyed by token text; a list of

@@ -41,6 +41,7 @@ def test_encode_matches_bgem3flagmodel(max_length):
     assert_close(out["dense_vecs"], load(path, "dense_vecs"), NORMALIZED, "dense")
     want = read_json(reference(f"tiny_m3/encode_max{max_length}_lexical_weights.json"))["lexical_weights"]
     check_lexical(out["lexical_weights"], want, "lexical")
+    assert len(out["colbert_vecs"]) == len(colbert_rows(path))
     for i, (g, w) in enumerate(zip(out["colbert_vecs"], colbert_rows(path))):
         assert g.dtype == np.float32
         assert_close(g, w, NORMALIZED, f"colbert[{i}]")

@@ -95,6 +95,8 @@ struct Progress<O> {
 /// A submitted job's pending answer. Dropping it withdraws the job's queued texts.
 pub(crate) struct Ticket<K, O> {
     reply: Option<oneshot::Receiver<Result<Done<O>>>>,
+    /// Set once the reply has come: then no entry of the job is left to withdraw.
+    answered: bool,
     job: u64,
     shared: Arc<Shared<K, O>>,
 }
@@ -164,6 +166,7 @@ where
         self.shared.wake.notify_one();
         Ok(Ticket {
             reply: Some(rx),
+            answered: false,
             job: id,
             shared: Arc::clone(&self.shared),
         })
@@ -198,16 +201,22 @@ impl<K, O> Drop for Batcher<K, O> {
 impl<K, O> Ticket<K, O> {
     /// The job's outputs, once its last text is done; the error of the batch that failed it.
     pub async fn wait(mut self) -> Result<Done<O>> {
-        let reply = self.reply.take().expect("a ticket is waited on once");
-        reply
-            .await
-            .unwrap_or_else(|_| Err(Error::Server("the inference worker stopped".into())))
+        let Some(reply) = self.reply.take() else {
+            return Err(Error::Server("a ticket is waited on once".into()));
+        };
+        let answer = reply.await;
+        // Answered (or failed, and withdrawn by the worker): nothing of the job is queued.
+        self.answered = true;
+        answer.unwrap_or_else(|_| Err(Error::Server("the inference worker stopped".into())))
     }
 }
 
 impl<K, O> Drop for Ticket<K, O> {
     /// Withdraws whatever of the job is still queued (nothing once it has been answered).
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         let mut state = self.shared.lock();
         let before = state.queue.len();
         state.queue.retain(|e| e.job.id != self.job);

@@ -182,13 +182,11 @@ impl IntoResponse for OpenAi {
             ErrorType::Backend | ErrorType::Unhealthy => ("server_error", None),
             ErrorType::Validation | ErrorType::Empty => ("invalid_request_error", None),
         };
-        let param = match e.error_type {
-            ErrorType::Validation | ErrorType::Empty => Some("input"),
-            _ => None,
-        };
+        // Only an empty input is known to be about `input`; other messages name their field.
+        let param = (e.error_type == ErrorType::Empty).then_some("input");
         let body =
             json!({"error": {"message": e.message, "type": kind, "param": param, "code": code}});
-        (e.status, axum::Json(body)).into_response()
+        with_retry_after(e.error_type, (e.status, axum::Json(body)).into_response())
     }
 }
 
@@ -217,16 +215,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ),
             }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                match path.as_str() {
-                    "." | "" => ApiError::validation(format!("invalid JSON body: {inner}")),
-                    _ => ApiError::validation(format!("invalid JSON body: `{path}`: {inner}")),
-                }
-            })
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match path.as_str() {
+                "." | "" => ApiError::validation(format!("invalid JSON body: {inner}")),
+                _ => ApiError::validation(format!("invalid JSON body: `{path}`: {inner}")),
+            }
+        })?;
+        // Nothing but whitespace may follow the value.
+        de.end()
+            .map_err(|e| ApiError::validation(format!("invalid JSON body: {e}")))?;
+        Ok(JsonBody(value))
     }
 }

@@ -182,7 +182,7 @@ pub fn run(options: ServeOptions) -> Result<()> {
 async fn serve(app: Arc<App>) -> Result<()> {
     let o = &app.options;
     let address = format!("{}:{}", o.host, o.port);
-    let listener = tokio::net::TcpListener::bind(&address)
+    let listener = tokio::net::TcpListener::bind((o.host.as_str(), o.port))
         .await
         .map_err(|e| Error::Server(format!("cannot listen on {address}: {e}")))?;
     let local: SocketAddr = listener
@@ -198,7 +198,10 @@ async fn serve(app: Arc<App>) -> Result<()> {
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No SIGINT handler could be installed: wait for SIGTERM only.
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let terminate = async {

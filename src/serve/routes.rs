@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
+use tokio::sync::OwnedSemaphorePermit;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::App;
@@ -52,11 +53,12 @@ pub(super) fn router(app: Arc<App>) -> Router {
             let e = ApiError::method_not_allowed(method.as_str(), uri.path());
             in_shape(uri.path(), e)
         })
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), observe))
+        // Innermost first: a panicking handler still gets its log line and metrics.
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal("the server failed on this request").into_response()
         }))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), authorize))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), observe))
         .layer(DefaultBodyLimit::max(app.options.payload_limit))
         .with_state(app)
 }
@@ -76,7 +78,9 @@ async fn authorize(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let path = req.uri().path();
         if path != "/health" && !given.is_some_and(|g| same_secret(g, key)) {
             return in_shape(path, ApiError::unauthorized());
@@ -204,6 +208,25 @@ impl App {
         asked.unwrap_or(self.options.auto_truncate)
     }
 
+    /// A permit per text: 429 at once when there are not enough free, 422 for more texts than
+    /// the server ever takes at once.
+    fn permits(&self, texts: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        let limit = self.options.max_concurrent_requests;
+        if texts > limit {
+            return Err(ApiError::validation(format!(
+                "{texts} texts are more than the server's --max-concurrent-requests of {limit}; send fewer at once"
+            )));
+        }
+        u32::try_from(texts)
+            .ok()
+            .and_then(|n| Arc::clone(&self.permits).try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                ApiError::overloaded(format!(
+                    "the server is overloaded: more than --max-concurrent-requests = {limit} texts would be in flight; retry later"
+                ))
+            })
+    }
+
     /// Takes a permit per text (429 at once when there are not enough), tokenizes on a
     /// blocking worker with `tokenize`, queues the texts as `kind` and waits for their outputs.
     async fn infer(
@@ -214,19 +237,15 @@ impl App {
         tokenize: impl FnOnce(&Served) -> Result<Vec<Encoded>, Refusal> + Send + 'static,
     ) -> Result<Answer, ApiError> {
         let start = Instant::now();
-        let _permits = u32::try_from(texts)
-            .ok()
-            .and_then(|n| Arc::clone(&self.permits).try_acquire_many_owned(n).ok())
-            .ok_or_else(|| {
-                ApiError::overloaded(format!(
-                    "the server is overloaded: more than --max-concurrent-requests = {} texts would be in flight; retry later",
-                    self.options.max_concurrent_requests
-                ))
-            })?;
+        let permits = self.permits(texts)?;
         let served = Arc::clone(&self.served);
-        let encoded = tokio::task::spawn_blocking(move || tokenize(&served))
+        // The permits travel with the work: a client that leaves during tokenization frees
+        // them only when its tokenization is done.
+        let (encoded, permits) = tokio::task::spawn_blocking(move || (tokenize(&served), permits))
             .await
-            .map_err(|_| ApiError::internal("tokenization failed"))??;
+            .map_err(|_| ApiError::internal("tokenization failed"))?;
+        let encoded = encoded?;
+        let _permits = permits;
         let tokenization = start.elapsed();
         let tokens = encoded.iter().map(Encoded::len).sum();
         let ticket = self
@@ -463,6 +482,8 @@ async fn rerank(
     JsonBody(req): JsonBody<RerankRequest>,
 ) -> Result<Response, ApiError> {
     app.served.check(Kind::Classify, "/rerank")?;
+    // A pair is never empty (its special tokens), so an empty query or text is scored, as
+    // FlagReranker scores it.
     app.check_count(req.texts.len(), "texts")?;
     if matches!(req.truncation_direction, Direction::Left) {
         return Err(ApiError::validation(
@@ -513,9 +534,11 @@ async fn tokenize(
             Text::Ids(_) => Err(ApiError::validation("/tokenize takes texts, not token ids")),
         })
         .collect::<Result<Vec<String>, _>>()?;
+    let permits = app.permits(strings.len())?;
     let served = Arc::clone(&app.served);
     let add = req.add_special_tokens;
     let tokens = tokio::task::spawn_blocking(move || {
+        let _permits = permits;
         strings
             .iter()
             .map(|s| served.tokens(s, &prompt, add))

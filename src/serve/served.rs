@@ -87,6 +87,12 @@ impl Served {
         let config = ModelConfig::from_file(&files.config)?;
         let model = match config.head {
             ConfigHead::Classifier { .. } => {
+                if o.query_instruction.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "model `{}` is a reranker: --query-instruction applies to embedders",
+                        files.name
+                    )));
+                }
                 let mut reranker = Reranker::load(o.model, o.device, o.dtype)?;
                 if let Some(n) = o.max_input_length {
                     reranker.set_max_length(n)?;
