@@ -3,10 +3,10 @@
 //! (`/v1/embeddings`, `/v1/models`), and bge's own `/encode` (any of BGE-M3's outputs from one
 //! pass) and `/score` (BGE-M3's `compute_score`).
 //!
-//! The layers, as in text-embeddings-inference: [`types`] is the wire format, [`routes`]
-//! turns HTTP into calls and answers, [`batcher`] is the queue and the inference worker
-//! (it knows nothing of HTTP), [`served`] is the model with the library's tokenization and
-//! forward pass, [`errors`] the one JSON error shape, [`metrics`] the Prometheus counters.
+//! The layers, as in text-embeddings-inference: `types` is the wire format, `routes`
+//! turns HTTP into calls and answers (one file per API), `batcher` is the queue and the inference worker
+//! (it knows nothing of HTTP), `served` is the model with the library's tokenization and
+//! forward pass, `errors` the one JSON error shape, `metrics` the Prometheus counters.
 //!
 //! A request's path: JSON body -> validation -> permits (429 when too many texts are in
 //! flight) -> tokenization on a blocking worker -> the queue -> packed batches on the
