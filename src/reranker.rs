@@ -37,8 +37,11 @@ pub struct Reranker {
 impl Reranker {
     /// Loads a `*ForSequenceClassification` model (a directory or a hub id).
     pub fn load(model: &str, device: Device, dtype: Dtype) -> Result<Self> {
-        let files = ModelFiles::resolve(model)?;
-        let loaded = LoadedModel::load(&files, device, dtype, None)?;
+        Self::from_files(&ModelFiles::resolve(model)?, device, dtype)
+    }
+
+    pub(crate) fn from_files(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
+        let loaded = LoadedModel::load(files, device, dtype, None)?;
         if !loaded.heads().contains(Head::Classifier) {
             return Err(Error::InvalidArgument(format!(
                 "model `{}` is not a reranker: its config.json declares no *ForSequenceClassification architecture",

@@ -96,32 +96,15 @@ FE_PINS = [
     "datasets==5.0.1",
 ]
 
-# The same fixed list of common English words as tools/loadtest.py: 229 words, most of them
-# one token each, so a 256-word text is about 256 tokens (well under max_length 512).
-WORDS = """
-the of and to in is that it was for on are as with his they at be this from have or by one
-had not but what all were when we there can an your which their said if do will each about
-how up out them then she many some so these would other into has more her two like him see
-time could no make than first been its who now people my made over did down only way find
-use may water long little very after words called just where most know get through back
-much before go good new write our used me man too any day same right look think also around
-another came come work three word must because does part even place well such here take why
-things help put years different away again off went old number great tell men say small
-every found still between name should home big give air line set own under read last never
-us left end along while might next sound below saw something thought both few those always
-looked show large often together asked house world going want school important until form
-food keep children feet land side without boy once animals life enough took sometimes four
-head above kind began almost live page got earth need far hand high year mother light
-""".split()
-MIN_WORDS, MAX_WORDS = 8, 256
+from ragged_texts import ragged_text  # noqa: E402  (tools/ is the script's directory)
+
 WARMUP_TEXTS = 64
 SYSTEMS = ("fe", "bge")
 
 
 def make_texts(n, seed):
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(MIN_WORDS, MAX_WORDS)))
-            for _ in range(n)]
+    return [ragged_text(rng) for _ in range(n)]
 
 
 def log(msg):

@@ -58,32 +58,13 @@ import aiohttp
 
 ALLOWED_HOST = "127.0.0.1"
 
-# A fixed list of common English words: the texts are made from it, so they are the same on
-# every machine and for every server (no data set to download). 229 words, most of them one
-# token each, so a 256-word text is about the model's 256-token limit (longer is truncated).
-WORDS = """
-the of and to in is that it was for on are as with his they at be this from have or by one
-had not but what all were when we there can an your which their said if do will each about
-how up out them then she many some so these would other into has more her two like him see
-time could no make than first been its who now people my made over did down only way find
-use may water long little very after words called just where most know get through back
-much before go good new write our used me man too any day same right look think also around
-another came come work three word must because does part even place well such here take why
-things help put years different away again off went old number great tell men say small
-every found still between name should home big give air line set own under read last never
-us left end along while might next sound below saw something thought both few those always
-looked show large often together asked house world going want school important until form
-food keep children feet land side without boy once animals life enough took sometimes four
-head above kind began almost live page got earth need far hand high year mother light
-""".split()
-MIN_WORDS, MAX_WORDS = 8, 256
+from ragged_texts import ragged_text  # noqa: E402  (tools/ is the script's directory)
 
 
 def text_at(seed, phase, k):
     """The k-th text of a phase: 8-256 words, a function of (seed, phase, k) only, so both
     servers get the same texts in the same order (made on demand: no list to hold)."""
-    rng = random.Random(f"{seed}:{phase}:{k}")
-    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(MIN_WORDS, MAX_WORDS)))
+    return ragged_text(random.Random(f"{seed}:{phase}:{k}"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -93,14 +93,14 @@ impl Served {
                         files.name
                     )));
                 }
-                let mut reranker = Reranker::load(o.model, o.device, o.dtype)?;
+                let mut reranker = Reranker::from_files(&files, o.device, o.dtype)?;
                 if let Some(n) = o.max_input_length {
                     reranker.set_max_length(n)?;
                 }
                 Model::Reranker(reranker)
             }
-            ConfigHead::Encoder => Model::Embedder(FlagModel::load(
-                o.model,
+            ConfigHead::Encoder => Model::Embedder(FlagModel::from_files(
+                &files,
                 &Options {
                     device: o.device,
                     dtype: o.dtype,

@@ -43,9 +43,9 @@ enum Command {
     Devices,
 }
 
-/// Options every model-running command shares.
+/// Which model to load, where, and in what precision (every model-running command).
 #[derive(clap::Args)]
-struct Common {
+struct Load {
     /// A model directory or a Hugging Face id such as BAAI/bge-small-en-v1.5.
     #[arg(long)]
     model: String,
@@ -55,6 +55,13 @@ struct Common {
     /// f32, f16 (GPU) or bf16 (CPU with AVX-512 BF16).
     #[arg(long, default_value = "f32", value_parser = parse::<Dtype>)]
     dtype: Dtype,
+}
+
+/// Options every JSONL command shares.
+#[derive(clap::Args)]
+struct Common {
+    #[command(flatten)]
+    load: Load,
     /// Truncation length in tokens, special tokens included.
     #[arg(long)]
     max_length: Option<usize>,
@@ -122,16 +129,9 @@ struct RerankArgs {
 #[cfg(feature = "serve")]
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// A model directory or a Hugging Face id: an embedder (bge, BGE-M3, LLM-Embedder) or a
-    /// reranker.
-    #[arg(long)]
-    model: String,
-    /// auto, cpu, reference, gpu or gpu:N.
-    #[arg(long, default_value = "auto", value_parser = parse::<Device>)]
-    device: Device,
-    /// f32, f16 (GPU) or bf16 (CPU with AVX-512 BF16).
-    #[arg(long, default_value = "f32", value_parser = parse::<Dtype>)]
-    dtype: Dtype,
+    /// The model (an embedder: bge, BGE-M3, LLM-Embedder; or a reranker), device and dtype.
+    #[command(flatten)]
+    load: Load,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -278,10 +278,10 @@ fn quiet_mesa_device_select() {
 fn embed(args: EmbedArgs) -> Result<()> {
     let c = &args.common;
     let model = FlagModel::load(
-        &c.model,
+        &c.load.model,
         &Options {
-            device: c.device,
-            dtype: c.dtype,
+            device: c.load.device,
+            dtype: c.load.dtype,
             batch_size: args.batch_size,
             max_length: c.max_length,
             query_max_length: c.max_length,
@@ -346,10 +346,10 @@ fn embed(args: EmbedArgs) -> Result<()> {
 fn score(args: ScoreArgs) -> Result<()> {
     let c = &args.common;
     let model = M3Model::load(
-        &c.model,
+        &c.load.model,
         &Options {
-            device: c.device,
-            dtype: c.dtype,
+            device: c.load.device,
+            dtype: c.load.dtype,
             batch_size: args.batch_size,
             max_length: c.max_length,
             query_max_length: c.max_length,
@@ -383,7 +383,7 @@ struct ScoreLine {
 
 fn rerank(args: RerankArgs) -> Result<()> {
     let c = &args.common;
-    let mut model = Reranker::load(&c.model, c.device, c.dtype)?;
+    let mut model = Reranker::load(&c.load.model, c.load.device, c.load.dtype)?;
     model.set_batch_size(args.batch_size)?;
     if let Some(n) = c.max_length {
         model.set_max_length(n)?;
@@ -406,9 +406,9 @@ fn rerank(args: RerankArgs) -> Result<()> {
 #[cfg(feature = "serve")]
 fn serve(args: ServeArgs) -> Result<()> {
     bge::serve::run(bge::serve::ServeOptions {
-        model: args.model,
-        device: args.device,
-        dtype: args.dtype,
+        model: args.load.model,
+        device: args.load.device,
+        dtype: args.load.dtype,
         host: args.host,
         port: args.port,
         max_batch_tokens: args.max_batch_tokens,

@@ -23,17 +23,16 @@ pub(super) async fn openai_embeddings(
     let texts = app.texts(req.input)?;
     let dimensions = app.dimensions(req.dimensions)?;
     let prompt = app.served.prompt(None)?;
-    let answer = app
+    let mut answer = app
         .embed_texts(texts, prompt, kind, app.options.auto_truncate, Side::Right)
         .await?;
-    let data = answer
-        .outputs
-        .iter()
+    let data = std::mem::take(&mut answer.outputs)
+        .into_iter()
         .enumerate()
         .map(|(index, o)| {
             let v = match dimensions {
-                Some(d) => dense::shorten(o.dense.clone(), d, app.served.normalize()),
-                None => o.dense.clone(),
+                Some(d) => dense::shorten(o.dense, d, app.served.normalize()),
+                None => o.dense,
             };
             let embedding = match req.encoding_format {
                 Format::Float => OpenAiVector::Float(v),

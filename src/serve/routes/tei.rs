@@ -26,15 +26,14 @@ pub(super) async fn embed(
     let prompt = app.served.prompt(req.prompt_name.as_deref())?;
     let dimensions = app.dimensions(req.dimensions)?;
     let side = req.truncation_direction.into();
-    let answer = app
+    let mut answer = app
         .embed_texts(texts, prompt, kind, app.truncate(req.truncate), side)
         .await?;
-    let vectors: Vec<Vec<f32>> = answer
-        .outputs
-        .iter()
+    let vectors: Vec<Vec<f32>> = std::mem::take(&mut answer.outputs)
+        .into_iter()
         .map(|o| match dimensions {
-            Some(d) => dense::shorten(o.dense.clone(), d, req.normalize),
-            None => o.dense.clone(),
+            Some(d) => dense::shorten(o.dense, d, req.normalize),
+            None => o.dense,
         })
         .collect();
     Ok(answer.respond(axum::Json(vectors)))
