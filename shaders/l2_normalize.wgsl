@@ -1,8 +1,10 @@
+alias Act = f32; // The storage type of activations: f16 with --dtype f16 (see src/backend/gpu/mod.rs).
+
 // L2 normalisation of each row, as torch.nn.functional.normalize:
 //
 //   out[r, :] = x[r, :] / max(||x[r, :]||_2, 1e-12)
 //
-// Layout: x, out [rows, cols] row-major f32. One workgroup of 256 invocations per row.
+// Layout: x, out [rows, cols] row-major Act; the sum of squares is f32. One workgroup of 256 invocations per row.
 // Rust twin: src/backend/gpu/rows.rs.
 
 struct Params {
@@ -11,8 +13,8 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<Act>;
+@group(0) @binding(2) var<storage, read_write> out: array<Act>;
 
 const THREADS: u32 = 256u;
 var<workgroup> partial: array<f32, 256>;
@@ -30,7 +32,8 @@ fn main(
     let base = row * p.cols;
     var squares = 0.0;
     for (var c = tid; c < p.cols; c += THREADS) {
-        squares += x[base + c] * x[base + c];
+        let v = f32(x[base + c]);
+        squares += v * v;
     }
     partial[tid] = squares;
     workgroupBarrier();
@@ -42,6 +45,6 @@ fn main(
     }
     let scale = 1.0 / max(sqrt(partial[0]), 1e-12);
     for (var c = tid; c < p.cols; c += THREADS) {
-        out[base + c] = x[base + c] * scale;
+        out[base + c] = Act(f32(x[base + c]) * scale);
     }
 }

@@ -1,9 +1,12 @@
+alias Act = f32; // The storage type of activations: f16 with --dtype f16 (see src/backend/gpu/mod.rs).
+
 // LayerNorm over each row, with the residual add fused in.
 //
 //   v = x[r, :] + residual[r, :]            (residual only when has_residual = 1)
 //   out[r, c] = (v[c] - mean(v)) / sqrt(var(v) + eps) * gamma[c] + beta[c]
 //
-// Layout: x, residual, out [rows, cols] row-major f32; gamma, beta [cols]. One workgroup of
+// Layout: x, residual, out [rows, cols] row-major Act; gamma, beta [cols] Act. The mean and
+// variance are f32 whatever Act is. One workgroup of
 // 256 invocations per row (rows beyond 65535 go to the y dimension of the dispatch). The
 // variance is computed in a second pass over (v - mean)^2, as the reference does, rather than
 // as E[v^2] - mean^2, which cancels badly when |mean| >> std.
@@ -17,20 +20,20 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> residual: array<f32>;
-@group(0) @binding(3) var<storage, read> gamma: array<f32>;
-@group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<Act>;
+@group(0) @binding(2) var<storage, read> residual: array<Act>;
+@group(0) @binding(3) var<storage, read> gamma: array<Act>;
+@group(0) @binding(4) var<storage, read> beta: array<Act>;
+@group(0) @binding(5) var<storage, read_write> out: array<Act>;
 
 const THREADS: u32 = 256u;
 var<workgroup> partial: array<f32, 256>;
 
 fn value(i: u32) -> f32 {
     if (p.has_residual == 1u) {
-        return x[i] + residual[i];
+        return f32(x[i]) + f32(residual[i]);
     }
-    return x[i];
+    return f32(x[i]);
 }
 
 // Sum of `own` over the workgroup (tree reduction); every invocation gets the total.
@@ -76,6 +79,6 @@ fn main(
     let inv_std = inverseSqrt(workgroup_sum(tid, squares) / n + p.eps);
 
     for (var c = tid; c < p.cols; c += THREADS) {
-        out[base + c] = (value(base + c) - mean) * inv_std * gamma[c] + beta[c];
+        out[base + c] = Act((value(base + c) - mean) * inv_std * f32(gamma[c]) + f32(beta[c]));
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use crate::backend::gpu::{Gpu, GpuOptions, GpuPrecision, KernelChoice, Op, tune};
 use crate::backend::{Dtype, PackedBatch};
 use crate::config::{Arch, ModelConfig, Pooling, Shape};
 use crate::device::Device;
@@ -109,10 +110,13 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         pipeline.forward(&batch, &request)?;
     }
     let mut times = Vec::with_capacity(spec.iters);
+    let mut dispatches_per_pass = None;
     for _ in 0..spec.iters {
+        let before = pipeline.dispatches();
         let start = Instant::now();
         let out = pipeline.forward(&batch, &request)?;
         times.push(start.elapsed().as_secs_f64());
+        dispatches_per_pass = before.zip(pipeline.dispatches()).map(|(a, b)| b - a);
         checksum = out.dense.iter().flatten().map(|&v| v as f64).sum::<f64>();
     }
     let run_peak = rss_bytes("VmHWM:");
@@ -153,7 +157,77 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         "loaded_rss_bytes": loaded_rss,
         "run_peak_rss_bytes": run_peak.filter(|_| run_peak_known),
         "device_activation_peak_bytes": pipeline.activation_peak_bytes(),
+        // GPU: kernel launches in one forward pass (one compute pass, one submission), and the
+        // kernel version each shape class ran with.
+        "dispatches_per_pass": dispatches_per_pass,
+        "kernels": pipeline.kernel_choices().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     }))
+}
+
+/// `bge bench --op`: every version of `op`'s ladder on the GPU, at each of the shape's classes
+/// (its linear layers, or its attention) with `batch * seq` rows: one JSON line per version
+/// and class, with its time, GFLOP/s, GB/s and whether it agrees with version 1 (the
+/// self-check); versions this adapter cannot run say why instead.
+pub fn run_ops(spec: &BenchSpec, op: Op) -> Result<Vec<serde_json::Value>> {
+    let Device::Gpu(adapter) = spec.device.resolve() else {
+        return Err(Error::InvalidArgument(
+            "bench --op times the GPU's kernels: use --device gpu".into(),
+        ));
+    };
+    let shape = spec.shape.ok_or_else(|| {
+        Error::InvalidArgument("bench --op needs --shape (the classes to time)".into())
+    })?;
+    if spec.batch == 0 || spec.seq == 0 {
+        return Err(Error::InvalidArgument(
+            "the batch and the sequence length must be at least 1".into(),
+        ));
+    }
+    let gpu = Gpu::new(GpuOptions {
+        adapter,
+        precision: GpuPrecision::try_from(spec.dtype)?,
+        kernels: KernelChoice::TUNED,
+    })?;
+    let rows = spec.batch * spec.seq;
+    let mut lines = Vec::new();
+    for class in tune::classes(&shape.config())
+        .into_iter()
+        .filter(|c| c.op() == op)
+    {
+        for version in op.versions() {
+            let mut line = json!({
+                "system": "bge",
+                "op": op.name(),
+                "version": version.number,
+                "kernel": version.kernel.name,
+                "class": class.to_string(),
+                "shape": shape.name(),
+                "dtype": spec.dtype.name(),
+                "adapter": gpu.context().describe(),
+                "rows": rows,
+                "seq": spec.seq,
+            });
+            let skip = version
+                .runs_on(gpu.context(), gpu.options().precision)
+                .err()
+                .or_else(|| (!version.fits(class)).then(|| "does not take this shape".into()));
+            if let Some(why) = skip {
+                line["skipped"] = why.into();
+                lines.push(line);
+                continue;
+            }
+            let agrees = tune::self_check(&gpu, class, version, &op.versions()[0])?;
+            let m = tune::measure(&gpu, class, version, rows, spec.seq, spec.iters)?;
+            line["agrees_with_version_1"] = agrees.is_ok().into();
+            if let Err(why) = agrees {
+                line["disagreement"] = why.into();
+            }
+            line["median_s"] = m.seconds.into();
+            line["gflops"] = (m.flops / m.seconds / 1e9).into();
+            line["gbps"] = (m.bytes / m.seconds / 1e9).into();
+            lines.push(line);
+        }
+    }
+    Ok(lines)
 }
 
 /// The peers' inputs: per sequence `[CLS] ids uniform in [1000, vocab) [SEP]`, lengths `seq`

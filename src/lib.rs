@@ -73,7 +73,9 @@ pub use reranker::Reranker;
 /// random weights, the weight readers, the tokenizer, the benchmark).
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::bench::{BenchSpec, inputs as bench_inputs, run as run_bench};
+    pub use crate::bench::{
+        BenchSpec, inputs as bench_inputs, run as run_bench, run_ops as run_bench_ops,
+    };
     pub use crate::config::{Arch, Head as ConfigHead, Shape};
     pub use crate::flag_model::{DEFAULT_BATCH_SIZE, DEFAULT_MAX_LENGTH};
     pub use crate::model::{Checkpoint, Encoder, Params, Probe, RandomParams, SplitMix64, pack};

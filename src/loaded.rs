@@ -176,6 +176,12 @@ pub(crate) trait Resident: Send + Sync {
     /// The backend's peak bytes of intermediate tensors, where it keeps count (GPU).
     fn activation_peak_bytes(&self) -> Option<u64>;
 
+    /// Kernel launches so far, where the backend counts them (GPU).
+    fn dispatches(&self) -> Option<u64>;
+
+    /// The kernel version of each shape class run so far, where there is a choice (GPU).
+    fn kernel_choices(&self) -> Vec<(String, String)>;
+
     /// Runs the encoder once on `batch` and the heads `request` asks for.
     fn forward(&self, batch: &PackedBatch, request: &Request) -> Result<Outputs>;
 }
@@ -280,6 +286,14 @@ impl<B: Backend> Resident for OnBackend<B> {
 
     fn activation_peak_bytes(&self) -> Option<u64> {
         self.backend.activation_peak_bytes()
+    }
+
+    fn dispatches(&self) -> Option<u64> {
+        self.backend.dispatches()
+    }
+
+    fn kernel_choices(&self) -> Vec<(String, String)> {
+        self.backend.kernel_choices()
     }
 
     fn forward(&self, batch: &PackedBatch, request: &Request) -> Result<Outputs> {

@@ -1,13 +1,15 @@
 //! Every operation of every fast backend (the SIMD CPU backend on each instruction set this CPU
-//! has, on 1 and 3 threads; the WGSL backend's kernels) against the reference backend, on random
-//! inputs with awkward shapes: sizes that are multiples of no tile, single rows, single-token
-//! sequences, long rows. In CI the GPU is Mesa's lavapipe; a missing adapter fails these tests.
+//! has, on 1 and 3 threads; the WGSL backend in f32 and f16, with every version of its kernel
+//! ladders that the adapter runs) against the reference backend, on random inputs with awkward
+//! shapes: sizes that are multiples of no tile, single rows, single-token sequences, long rows.
+//! In CI the GPU is Mesa's lavapipe; a missing adapter fails these tests, and the only versions
+//! allowed to be missing are the cooperative-matrix ones (lavapipe has none).
 
 mod common;
 
 use bge::backend::cpu::simd::Isa;
 use bge::backend::cpu::{Cpu, CpuPrecision};
-use bge::backend::gpu::{Gpu, GpuOptions, GpuPrecision, MatmulKernel};
+use bge::backend::gpu::{Gpu, GpuOptions, GpuPrecision, KernelChoice, Op};
 use bge::backend::reference::Reference;
 use bge::backend::{Activation, Backend, Dtype, Kernels, PackedBatch};
 use bge::internals::SplitMix64;
@@ -21,36 +23,84 @@ fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// A backend under test, its name, and how it stores linear weights.
+/// A backend under test, its name, and what it rounds its operands to.
 struct Case<B> {
     name: String,
     backend: B,
-    /// Weights as this backend stores them, so the reference sees the same values.
-    weight_dtype: Dtype,
+    /// Weights (and on the GPU in f16, activations) as this backend stores them, so that the
+    /// reference is given the same values; it also sets the tolerance (f16's for f16).
+    dtype: Dtype,
 }
 
-fn gpu(matmul: MatmulKernel, dtype: Dtype) -> Gpu {
+impl<B> Case<B> {
+    /// `tol`, or the f16 kernel tolerance where this backend stores f16 results.
+    fn tolerance(&self, tol: Tolerance) -> Tolerance {
+        match self.dtype {
+            Dtype::F16 => Tolerance::KERNEL_F16,
+            _ => tol,
+        }
+    }
+
+    /// `values` as the backend holds them once uploaded: the reference's input.
+    fn stored(&self, values: &[f32]) -> Vec<f32> {
+        stored(values, self.dtype)
+    }
+}
+
+fn gpu(kernels: KernelChoice, dtype: Dtype) -> bge::Result<Gpu> {
     Gpu::new(GpuOptions {
         adapter: None,
         precision: GpuPrecision::try_from(dtype).unwrap(),
-        matmul,
+        kernels,
     })
-    .expect("a GPU adapter (in CI: lavapipe, apt-get install mesa-vulkan-drivers)")
+}
+
+/// The GPU in f32 and f16 with every version of `op`'s ladder (the other op at version 1);
+/// `None` for the versions of neither: each precision once, with tuned kernels. A version the
+/// adapter cannot run must be a cooperative-matrix one, and is reported, not tested.
+fn gpu_cases_of(op: Option<Op>) -> Vec<Case<Gpu>> {
+    let mut cases = Vec::new();
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let choices: Vec<(String, KernelChoice)> = match op {
+            None => vec![(String::new(), KernelChoice::TUNED)],
+            Some(op) => op
+                .versions()
+                .iter()
+                .map(|v| {
+                    let mut choice = KernelChoice::all(1);
+                    match op {
+                        Op::Matmul => choice.matmul = Some(v.number),
+                        Op::Attention => choice.attention = Some(v.number),
+                    }
+                    (format!(" {op} {}", v.number), choice)
+                })
+                .collect(),
+        };
+        for (version, kernels) in choices {
+            let name = format!("gpu {dtype}{version}");
+            match gpu(kernels, dtype) {
+                Ok(backend) => cases.push(Case {
+                    name,
+                    backend,
+                    dtype,
+                }),
+                Err(e) => {
+                    let message = e.to_string();
+                    assert!(
+                        message.contains("cooperative matrices") || message.contains("f16 storage"),
+                        "{name}: {message} (a GPU adapter is needed: in CI, lavapipe from apt-get install mesa-vulkan-drivers)"
+                    );
+                    eprintln!("{name}: not run on this adapter: {message}");
+                }
+            }
+        }
+    }
+    assert!(!cases.is_empty(), "no GPU case runs");
+    cases
 }
 
 fn gpu_cases() -> Vec<Case<Gpu>> {
-    [
-        ("gpu tiled f32", MatmulKernel::Tiled, Dtype::F32),
-        ("gpu naive f32", MatmulKernel::Naive, Dtype::F32),
-        ("gpu tiled f16", MatmulKernel::Tiled, Dtype::F16),
-    ]
-    .into_iter()
-    .map(|(name, kernel, dtype)| Case {
-        name: name.into(),
-        backend: gpu(kernel, dtype),
-        weight_dtype: dtype,
-    })
-    .collect()
+    gpu_cases_of(None)
 }
 
 /// Every instruction set this CPU runs (AVX-512, AVX2, NEON, scalar), on one thread and on
@@ -62,7 +112,7 @@ fn cpu_cases() -> Vec<Case<Cpu>> {
         .map(|(isa, threads)| Case {
             name: format!("cpu {} x{threads}", isa.name()),
             backend: Cpu::with_isa(Some(threads), isa).unwrap(),
-            weight_dtype: Dtype::F32,
+            dtype: Dtype::F32,
         })
         .collect()
 }
@@ -106,7 +156,7 @@ fn check<B: Backend>(
             &format!("{} {what}", case.name),
             &to_f64(&got),
             &to_f64(&want),
-            tol,
+            case.tolerance(tol),
         );
     }
 }
@@ -142,10 +192,10 @@ fn matmul_with_every_activation_and_awkward_shape_on<B: Backend>(cases: &[Case<B
                 &format!("matmul {m}x{n}x{k} {act:?}"),
                 tol::KERNEL_F32,
                 |c| {
-                    let w_ref = stored(&w, c.weight_dtype);
+                    let (x_ref, w_ref) = (c.stored(&x), c.stored(&w));
                     (
                         matmul(&c.backend, &x, m, k, &w, &bias, act),
-                        matmul(&Reference, &x, m, k, &w_ref, &bias, act),
+                        matmul(&Reference, &x_ref, m, k, &w_ref, &bias, act),
                     )
                 },
             );
@@ -156,7 +206,7 @@ fn matmul_with_every_activation_and_awkward_shape_on<B: Backend>(cases: &[Case<B
 #[test]
 fn matmul_with_every_activation_and_awkward_shape() {
     matmul_with_every_activation_and_awkward_shape_on(&cpu_cases());
-    matmul_with_every_activation_and_awkward_shape_on(&gpu_cases());
+    matmul_with_every_activation_and_awkward_shape_on(&gpu_cases_of(Some(Op::Matmul)));
 }
 
 fn gelu_matches_erf_across_its_range_on<B: Backend>(cases: &[Case<B>]) {
@@ -166,7 +216,15 @@ fn gelu_matches_erf_across_its_range_on<B: Backend>(cases: &[Case<B>]) {
     check(cases, "gelu", tol::GELU, |c| {
         (
             matmul(&c.backend, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
-            matmul(&Reference, &x, m, 1, &[1.0], &[0.0], Activation::Gelu),
+            matmul(
+                &Reference,
+                &c.stored(&x),
+                m,
+                1,
+                &[1.0],
+                &[0.0],
+                Activation::Gelu,
+            ),
         )
     });
 }
@@ -181,7 +239,7 @@ fn bf16_matmul_on_the_cpu() {
             Ok(backend) => vec![Case {
                 name: "cpu bf16 x3".into(),
                 backend,
-                weight_dtype: Dtype::Bf16,
+                dtype: Dtype::Bf16,
             }],
             Err(e) => {
                 assert!(e.to_string().contains("AVX-512 BF16"), "{e}");
@@ -211,7 +269,7 @@ fn bf16_matmul_on_the_cpu() {
                 &format!("bf16 matmul {m}x{n}x{k} {act:?}"),
                 tol::KERNEL_F32,
                 |c| {
-                    let (x_ref, w_ref) = (stored(&x, c.weight_dtype), stored(&w, c.weight_dtype));
+                    let (x_ref, w_ref) = (c.stored(&x), c.stored(&w));
                     (
                         matmul(&c.backend, &x, m, k, &w, &bias, act),
                         matmul(&Reference, &x_ref, m, k, &w_ref, &bias, act),
@@ -246,7 +304,7 @@ fn cpu_matmul_of_empty_shapes() {
 #[test]
 fn gelu_matches_erf_across_its_range() {
     gelu_matches_erf_across_its_range_on(&cpu_cases());
-    gelu_matches_erf_across_its_range_on(&gpu_cases());
+    gelu_matches_erf_across_its_range_on(&gpu_cases_of(Some(Op::Matmul)));
 }
 
 fn layer_norm<B: Backend>(
@@ -293,7 +351,14 @@ fn layer_norm_with_and_without_residual_on<B: Backend>(cases: &[Case<B>]) {
                 |c| {
                     (
                         layer_norm(&c.backend, &x, res, &g, &beta, rows),
-                        layer_norm(&Reference, &x, res, &g, &beta, rows),
+                        layer_norm(
+                            &Reference,
+                            &c.stored(&x),
+                            res.map(|r| c.stored(r)).as_deref(),
+                            &c.stored(&g),
+                            &c.stored(&beta),
+                            rows,
+                        ),
                     )
                 },
             );
@@ -355,7 +420,7 @@ fn attention_stays_inside_each_sequence_on<B: Backend>(cases: &[Case<B>]) {
             |c| {
                 (
                     attention(&c.backend, &qkv, lens, h, heads),
-                    attention(&Reference, &qkv, lens, h, heads),
+                    attention(&Reference, &c.stored(&qkv), lens, h, heads),
                 )
             },
         );
@@ -365,12 +430,12 @@ fn attention_stays_inside_each_sequence_on<B: Backend>(cases: &[Case<B>]) {
 #[test]
 fn attention_stays_inside_each_sequence() {
     attention_stays_inside_each_sequence_on(&cpu_cases());
-    attention_stays_inside_each_sequence_on(&gpu_cases());
+    attention_stays_inside_each_sequence_on(&gpu_cases_of(Some(Op::Attention)));
 }
 
 #[test]
 fn attention_refuses_head_sizes_it_cannot_hold() {
-    let g = gpu(MatmulKernel::Tiled, Dtype::F32);
+    let g = gpu(KernelChoice::TUNED, Dtype::F32).unwrap();
     let batch = packed(&[3]);
     for (h, heads) in [(6, 1), (132, 1)] {
         let t = g.tensor(&random(3 * 3 * h, 1.0, 1), 3, 3 * h).unwrap();
@@ -416,14 +481,17 @@ fn embedding_gather_and_sum() {
 
 #[test]
 fn a_word_table_larger_than_a_binding_is_gathered_on_the_host() {
-    let g = gpu(MatmulKernel::Tiled, Dtype::F32);
+    let g = gpu(KernelChoice::TUNED, Dtype::F32).unwrap();
     let h = 64;
     let limit = g.context().limits.max_storage_buffer_binding_size as usize;
     let rows = limit / 4 / h + 1;
     if rows * h > 200_000_000 {
         // A 2 GiB binding (e.g. NVIDIA): every BGE table fits, and this case cannot arise.
         let small = g.table(&random(64 * h, 1.0, 1), 64, h).unwrap();
-        assert!(matches!(small, bge::backend::gpu::GpuTable::Resident(_)));
+        assert!(matches!(
+            small,
+            bge::backend::gpu::GpuTable::Resident { .. }
+        ));
         eprintln!("binding limit {limit} B: no table of this test's size can exceed it");
         return;
     }
@@ -464,11 +532,17 @@ fn a_word_table_larger_than_a_binding_is_gathered_on_the_host() {
     );
 }
 
+fn pooling_input(lens: &[usize], cols: usize) -> Vec<f32> {
+    random(lens.iter().sum::<usize>() * cols, 1.0, 9)
+}
+
 fn pooling<B: Backend>(b: &B, lens: &[usize], cols: usize) -> Vec<f32> {
+    pooling_of(b, &pooling_input(lens, cols), lens, cols)
+}
+
+fn pooling_of<B: Backend>(b: &B, x: &[f32], lens: &[usize], cols: usize) -> Vec<f32> {
     let batch = packed(lens);
-    let x = b
-        .tensor(&random(batch.tokens() * cols, 1.0, 9), batch.tokens(), cols)
-        .unwrap();
+    let x = b.tensor(x, batch.tokens(), cols).unwrap();
     let on = b.batch(&batch).unwrap();
     let mut out = b.to_host(&b.mean_pool(&x, &on).unwrap()).unwrap();
     out.extend(
@@ -495,7 +569,12 @@ fn pooling_gathering_and_normalisation_on<B: Backend>(cases: &[Case<B>]) {
             |c| {
                 (
                     pooling(&c.backend, lens, cols),
-                    pooling(&Reference, lens, cols),
+                    pooling_of(
+                        &Reference,
+                        &c.stored(&pooling_input(lens, cols)),
+                        lens,
+                        cols,
+                    ),
                 )
             },
         );

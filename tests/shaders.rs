@@ -1,10 +1,13 @@
-//! Every WGSL shader is valid standalone WGSL (naga, no GPU needed), its `Params` uniform has
-//! the size of its Rust twin, and its workgroup size is the one the dispatch code assumes.
+//! Every WGSL shader, in both its f32 and f16 builds, is valid standalone WGSL (naga, no GPU
+//! needed; the cooperative-matrix kernels included, which no adapter here can run), its
+//! `Params` uniform has the size of its Rust twin, and its workgroup size is the one the
+//! dispatch code assumes. Every version of every kernel ladder is registered, numbered in
+//! order, in its own file.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use bge::backend::gpu::KERNELS;
+use bge::backend::gpu::{GpuPrecision, KERNELS, Kernel, Op};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn parse(name: &str, source: &str) -> naga::Module {
@@ -13,12 +16,28 @@ fn parse(name: &str, source: &str) -> naga::Module {
 }
 
 #[test]
-fn every_shader_validates_and_matches_its_twin() {
+fn every_shader_validates_in_both_builds_and_matches_its_twin() {
     for kernel in KERNELS {
+        let stores = kernel.source.matches(Kernel::F32_STORAGE).count();
+        assert!(
+            stores <= 1,
+            "{}: `alias Act` declared {stores} times",
+            kernel.name
+        );
+        for precision in [GpuPrecision::F32, GpuPrecision::F16] {
+            let source = kernel.source_for(precision);
+            let module = parse(kernel.name, &source);
+            Validator::new(ValidationFlags::all(), Capabilities::all())
+                .validate(&module)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{} {precision:?}: {}",
+                        kernel.name,
+                        e.emit_to_string(&source)
+                    )
+                });
+        }
         let module = parse(kernel.name, kernel.source);
-        Validator::new(ValidationFlags::all(), Capabilities::all())
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", kernel.name, e.emit_to_string(kernel.source)));
 
         let params = module
             .types
@@ -43,6 +62,53 @@ fn every_shader_validates_and_matches_its_twin() {
             "{}: workgroup size",
             kernel.name
         );
+    }
+}
+
+#[test]
+fn every_ladder_version_has_its_numbered_file_and_header() {
+    for op in Op::ALL {
+        for v in op.versions() {
+            let prefix = format!("{op}_{}_", v.number);
+            assert!(v.kernel.name.starts_with(&prefix), "{}", v.kernel.name);
+            assert!(
+                KERNELS.iter().any(|k| std::ptr::eq(*k, v.kernel)),
+                "{} is not in KERNELS",
+                v.kernel.name
+            );
+            let header = format!("ladder, version {}", v.number);
+            assert!(
+                v.kernel.source.contains(&header),
+                "{}: the header says `{header}` and what it improves",
+                v.kernel.name
+            );
+            // Every activation-storing kernel takes f16 activations.
+            assert!(
+                v.kernel.source.contains(Kernel::F32_STORAGE),
+                "{}",
+                v.kernel.name
+            );
+            // Its declared workgroup memory (checked against the adapter's limit) is what the
+            // shader declares, in either build.
+            for precision in [GpuPrecision::F32, GpuPrecision::F16] {
+                let source = v.kernel.source_for(precision);
+                let module = parse(v.kernel.name, &source);
+                let mut layouter = naga::proc::Layouter::default();
+                layouter.update(module.to_ctx()).unwrap();
+                let bytes: u32 = module
+                    .global_variables
+                    .iter()
+                    .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+                    .map(|(_, g)| layouter[g.ty].size)
+                    .sum();
+                assert!(
+                    bytes <= v.needs.workgroup_bytes,
+                    "{} {precision:?}: {bytes} bytes of workgroup memory, {} declared",
+                    v.kernel.name,
+                    v.needs.workgroup_bytes
+                );
+            }
+        }
     }
 }
 

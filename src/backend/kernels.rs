@@ -42,6 +42,18 @@ pub trait Kernels: Send + Sync {
         None
     }
 
+    /// Kernel launches recorded so far, where the backend counts them (the GPU's dispatches):
+    /// a forward pass's count is the difference across it.
+    fn dispatches(&self) -> Option<u64> {
+        None
+    }
+
+    /// The kernel version running each shape class so far and how it was chosen, e.g.
+    /// `("matmul n=768 k=768", "3 (tuned)")`, where the backend has several (the GPU's ladders).
+    fn kernel_choices(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// The most elements one tensor may hold (a GPU's buffer binding limit); batches are split
     /// so that no activation exceeds it.
     fn max_tensor_elements(&self) -> usize {

@@ -98,6 +98,62 @@ impl std::str::FromStr for Dtype {
     }
 }
 
+/// How far a fast kernel may be from the reference, or a ladder version from version 1:
+/// `|got - want| <= atol + rtol * |want|` element-wise. Declared once, here: the kernel tests
+/// and the GPU's on-device self-check both use [`Tolerance::kernel`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub atol: f64,
+    /// Relative part, times `|want|`.
+    pub rtol: f64,
+}
+
+impl Tolerance {
+    /// An f32 kernel against a reference with wider sums, on random operands of unit scale:
+    /// f32 rounding over sums of a few thousand terms stays far below this.
+    pub const KERNEL_F32: Tolerance = Tolerance {
+        atol: 1e-5,
+        rtol: 1e-4,
+    };
+    /// A kernel storing f16: its outputs are rounded to f16 (11 significant bits), so two
+    /// correct kernels whose f32 sums differ in the last bits may round to neighbouring halves,
+    /// 2^-10 |x| apart; this allows two such steps, plus an absolute part for values near 0
+    /// (whose error comes from inputs of unit scale).
+    pub const KERNEL_F16: Tolerance = Tolerance {
+        atol: 1e-3,
+        rtol: 1.0 / 512.0,
+    };
+
+    /// The kernel tolerance for results stored in `dtype` (bf16: twice f16's).
+    pub const fn kernel(dtype: Dtype) -> Tolerance {
+        match dtype {
+            Dtype::F32 => Tolerance::KERNEL_F32,
+            Dtype::F16 => Tolerance::KERNEL_F16,
+            Dtype::Bf16 => Tolerance {
+                atol: 2.0 * Tolerance::KERNEL_F16.atol,
+                rtol: 8.0 * Tolerance::KERNEL_F16.rtol,
+            },
+        }
+    }
+
+    /// Whether `got` is within tolerance of `want` (never for NaN).
+    pub fn accepts(self, got: f64, want: f64) -> bool {
+        (got - want).abs() <= self.atol + self.rtol * want.abs()
+    }
+
+    /// The first element of `got` out of tolerance of `want` (a length mismatch counts at the
+    /// shorter length).
+    pub fn first_violation(self, got: &[f32], want: &[f32]) -> Option<usize> {
+        if got.len() != want.len() {
+            return Some(got.len().min(want.len()));
+        }
+        got.iter()
+            .zip(want)
+            .position(|(&g, &w)| !self.accepts(g as f64, w as f64))
+    }
+}
+
 /// The head sizes a backend's attention takes: multiples of `multiple`, at most `max`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeadDims {

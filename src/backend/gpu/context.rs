@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::Kernel;
+use super::ladder::Class;
+use super::tune::Tuning;
+use super::{GpuPrecision, Kernel};
 use crate::error::{Error, Result};
 
 /// The adapters of this machine, in a stable order (the `N` of `--device gpu:N`).
@@ -49,8 +51,8 @@ pub fn hardware_gpu_present() -> bool {
         .any(|a| a.get_info().device_type != wgpu::DeviceType::Cpu)
 }
 
-/// A kernel and the values of its pipeline constants (e.g. the head size).
-type PipelineKey = (&'static str, Vec<(&'static str, u32)>);
+/// A kernel, its storage precision and the values of its pipeline constants (e.g. the head size).
+type PipelineKey = (&'static str, GpuPrecision, Vec<(&'static str, u32)>);
 
 /// What `bge devices` prints: each adapter with its backend, driver, the features the kernels
 /// use and the limits that size batches, and which adapter each [`Device`](crate::Device)
@@ -125,6 +127,41 @@ pub fn adapter_report() -> String {
     out
 }
 
+/// The contexts opened in this process, by adapter index.
+fn contexts() -> &'static Mutex<HashMap<usize, Arc<Context>>> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<Context>>>> = OnceLock::new();
+    CONTEXTS.get_or_init(Default::default)
+}
+
+/// What `--verbose` prints: per adapter opened in this process, the kernel version each shape
+/// class runs with and every version the self-check disabled.
+pub fn kernel_notes() -> Vec<String> {
+    let contexts: Vec<Arc<Context>> = contexts()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut lines = Vec::new();
+    for ctx in contexts {
+        lines.extend(
+            ctx.notes()
+                .into_iter()
+                .map(|n| format!("{}: {n}", ctx.info.name)),
+        );
+        for (precision, class, tuning) in ctx.tunings() {
+            let dtype: crate::backend::Dtype = precision.into();
+            lines.push(format!(
+                "{}: {dtype} {class}: version {} ({})",
+                ctx.info.name,
+                tuning.version,
+                tuning.source.name()
+            ));
+        }
+    }
+    lines
+}
+
 /// A device, its queue, its pipelines and a record of errors wgpu reported asynchronously.
 pub struct Context {
     /// The adapter's name, type, backend and driver.
@@ -135,16 +172,22 @@ pub struct Context {
     pub queue: wgpu::Queue,
     /// The limits the device was opened with.
     pub limits: wgpu::Limits,
-    /// The optional features the kernels use that the device has (`SHADER_F16`).
+    /// The optional features the kernels use that the device has (`SHADER_F16`, subgroups,
+    /// cooperative matrices, timestamp queries).
     pub features: wgpu::Features,
+    cooperative_matrices: Vec<wgpu::CooperativeMatrixProperties>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     errors: Arc<Mutex<Vec<String>>>,
+    /// The kernel version chosen per precision and shape class, for this process.
+    tunings: Mutex<HashMap<(GpuPrecision, Class), Arc<Tuning>>>,
+    /// Held while a class is tuned, so that tunings neither repeat nor time each other.
+    tuning: Mutex<()>,
+    notes: Mutex<Vec<String>>,
 }
 
 impl Context {
     /// The process-wide context of adapter `index` (`None`: the best adapter).
     pub fn shared(index: Option<usize>) -> Result<Arc<Context>> {
-        static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<Context>>>> = OnceLock::new();
         let index = match index {
             Some(i) if i < adapters().len() => i,
             Some(i) => {
@@ -160,10 +203,7 @@ impl Context {
                 )
             })?,
         };
-        let mut contexts = CONTEXTS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut contexts = contexts().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = contexts.get(&index) {
             return Ok(c.clone());
         }
@@ -173,7 +213,11 @@ impl Context {
     }
 
     fn new(adapter: &wgpu::Adapter) -> Result<Self> {
-        let wanted = wgpu::Features::SHADER_F16;
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::SUBGROUP_BARRIER
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         let features = adapter.features() & wanted;
         // The adapter's own limits: wgpu's defaults are far lower (e.g. 16 KiB of workgroup
         // memory, 128 MiB bindings) than what GPUs offer.
@@ -182,6 +226,10 @@ impl Context {
             label: Some("bge"),
             required_features: features,
             required_limits: limits.clone(),
+            // SAFETY (the token's terms): the only experimental feature requested is cooperative
+            // matrices, and no kernel using them runs before passing the self-check
+            // (`tune.rs`) on this device, unless the user forces it with BGE_KERNELS.
+            experimental_features: unsafe { wgpu::ExperimentalFeatures::enabled() },
             ..Default::default()
         }))
         .map_err(|e| Error::Gpu(format!("cannot open {}: {e}", adapter.get_info().name)))?;
@@ -204,8 +252,18 @@ impl Context {
             queue,
             limits,
             features,
+            cooperative_matrices: if features
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            {
+                adapter.cooperative_matrix_properties()
+            } else {
+                Vec::new()
+            },
             pipelines: Mutex::default(),
             errors,
+            tunings: Mutex::default(),
+            tuning: Mutex::default(),
+            notes: Mutex::default(),
         })
     }
 
@@ -214,13 +272,90 @@ impl Context {
         self.features.contains(wgpu::Features::SHADER_F16)
     }
 
-    /// The compute pipeline of `kernel` with its `override` constants set, compiled on first use.
+    /// Whether the cooperative-matrix kernels' shape, 16x16x16 f16 inputs with f32 sums, is
+    /// supported.
+    pub fn has_cooperative_matrix_16x16_f16(&self) -> bool {
+        self.has_f16()
+            && self.cooperative_matrices.iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            })
+    }
+
+    /// The tuning of `class` at `precision` made in this process, or `make`'s, remembered.
+    /// Tunings run one at a time.
+    pub(super) fn tuning(
+        &self,
+        precision: GpuPrecision,
+        class: Class,
+        make: impl FnOnce() -> Result<Tuning>,
+    ) -> Result<Arc<Tuning>> {
+        let lookup = || {
+            self.tunings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(precision, class))
+                .cloned()
+        };
+        if let Some(t) = lookup() {
+            return Ok(t);
+        }
+        let _one_at_a_time = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = lookup() {
+            return Ok(t);
+        }
+        let t = Arc::new(make()?);
+        self.tunings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((precision, class), t.clone());
+        Ok(t)
+    }
+
+    /// Every tuning made in this process, by precision and class.
+    pub fn tunings(&self) -> Vec<(GpuPrecision, Class, Arc<Tuning>)> {
+        let mut all: Vec<_> = self
+            .tunings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&(p, c), t)| (p, c, t.clone()))
+            .collect();
+        all.sort_by_key(|&(p, c, _)| (p as u8, c));
+        all
+    }
+
+    /// Replaces the tuning of `class` at `precision` (`bge devices --tune` measures afresh).
+    pub(super) fn set_tuning(&self, precision: GpuPrecision, class: Class, tuning: Arc<Tuning>) {
+        self.tunings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((precision, class), tuning);
+    }
+
+    /// Records a one-line note (a kernel disabled by the self-check) for `--verbose`.
+    pub fn note(&self, line: String) {
+        self.notes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
+    }
+
+    /// The notes recorded so far.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The compute pipeline of `kernel` built for `precision` (see [`Kernel::source_for`]) with
+    /// its `override` constants set, compiled on first use.
     pub fn pipeline(
         &self,
         kernel: &Kernel,
+        precision: GpuPrecision,
         constants: &[(&'static str, u32)],
     ) -> Result<Arc<wgpu::ComputePipeline>> {
-        let key = (kernel.name, constants.to_vec());
+        let key = (kernel.name, precision, constants.to_vec());
         let cached = |key| self.lock_pipelines().get(key).cloned();
         if let Some(p) = cached(&key) {
             return Ok(p);
@@ -232,7 +367,7 @@ impl Context {
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.name),
-                source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                source: wgpu::ShaderSource::Wgsl(kernel.source_for(precision)),
             });
         let values: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
         let pipeline = self

@@ -33,7 +33,7 @@ pub(super) fn embed(
     // row t for token t.
     let gathered;
     let (word, ids, h) = match word {
-        GpuTable::Resident(t) => (t.raw(), &batch.ids, t.cols),
+        GpuTable::Resident { buffer, cols, .. } => (buffer, &batch.ids, *cols),
         GpuTable::Host { data, cols, .. } => {
             let rows: Vec<f32> = batch
                 .host_ids
@@ -72,7 +72,7 @@ pub(super) fn embed(
 
 fn resident(t: &GpuTable) -> Result<&wgpu::Buffer> {
     match t {
-        GpuTable::Resident(t) => Ok(t.raw()),
+        GpuTable::Resident { buffer, .. } => Ok(buffer),
         GpuTable::Host { .. } => Err(Error::Gpu(
             "only the word table may exceed a storage binding".into(),
         )),

@@ -1,9 +1,19 @@
 //! The wgpu backend: every [`Backend`](super::Backend) operation as a WGSL compute shader from `shaders/`.
 //!
 //! Residency: weights are uploaded once; an operation only records a dispatch into the pending
-//! command encoder, so a whole forward pass is recorded without a single readback and
-//! submitted when [`Kernels::to_host`] needs a result. Intermediate tensors come from a
-//! pool; pipelines are compiled once per process ([`Context`]).
+//! compute pass, so a whole forward pass is one compute pass and one submission, made when
+//! [`Kernels::to_host`] needs a result. Intermediate tensors come from a pool; pipelines are
+//! compiled once per process ([`Context`]); parameter buffers and bind groups are made once
+//! per model and batch shape and reused (keyed by their contents).
+//!
+//! Precision: with [`GpuPrecision::F16`] activations are stored as f16 between operations, as
+//! well as the linear weights; sums, softmax and LayerNorm statistics stay f32 inside the
+//! kernels. Each shader that stores activations declares `alias Act = f32;` once; its f16 build
+//! ([`Kernel::source_for`]) is the same file with `Act` bound to `f16`.
+//!
+//! Kernel ladders: matmul and attention exist in numbered versions ([`ladder`]); which one runs
+//! per shape is forced by `BGE_KERNELS` or chosen on this adapter by the self-check and tuner
+//! ([`tune`]).
 //!
 //! Threads: the pending encoder sits behind a mutex held only while one command is recorded
 //! or the encoder is submitted, so concurrent forward passes interleave their commands on the
@@ -19,11 +29,16 @@
 mod attention;
 mod context;
 mod embed;
+pub mod ladder;
 mod layer_norm;
 mod matmul;
 mod pool;
 mod rows;
+pub mod tune;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
@@ -33,11 +48,13 @@ use super::{Activation, BatchDims, Dims, Dtype, HeadDims, Kernels, PackedBatch};
 use crate::error::{Error, Result};
 use pool::{Pool, PooledBuffer};
 
-pub use context::{Context, adapter_report, hardware_gpu_present};
-pub use matmul::MatmulKernel;
+pub use context::{Context, adapter_report, hardware_gpu_present, kernel_notes};
+pub use ladder::{Class, KernelChoice, Op, Version};
 pub use pool::PoolStats;
+pub use tune::Tuning;
 
 /// A shader and what the Rust side assumes about it (checked by `tests/shaders.rs`).
+#[derive(Debug)]
 pub struct Kernel {
     /// The shader's file name without `.wgsl`.
     pub name: &'static str,
@@ -49,14 +66,36 @@ pub struct Kernel {
     pub params_size: usize,
 }
 
+impl Kernel {
+    /// The line a shader storing activations declares their type with.
+    pub const F32_STORAGE: &'static str = "alias Act = f32;";
+
+    /// The shader built for `precision`: for f16, `enable f16;` first and `Act` bound to `f16`
+    /// (shaders without `Act` are the same in both builds).
+    pub fn source_for(&self, precision: GpuPrecision) -> Cow<'static, str> {
+        match precision {
+            GpuPrecision::F16 if self.source.contains(Self::F32_STORAGE) => Cow::Owned(format!(
+                "enable f16;\n{}",
+                self.source
+                    .replacen(Self::F32_STORAGE, "alias Act = f16;", 1)
+            )),
+            _ => Cow::Borrowed(self.source),
+        }
+    }
+}
+
 /// Every kernel of the backend.
-pub const KERNELS: &[&Kernel] = &[
+pub static KERNELS: &[&Kernel] = &[
     &embed::KERNEL,
     &matmul::NAIVE,
     &matmul::TILED,
-    &matmul::TILED_F16,
+    &matmul::BLOCKED,
+    &matmul::SUBGROUP,
+    &matmul::COOP,
     &layer_norm::KERNEL,
-    &attention::KERNEL,
+    &attention::ONLINE,
+    &attention::BLOCKED,
+    &attention::COOP,
     &rows::GATHER,
     &rows::MEAN_POOL,
     &rows::L2_NORMALIZE,
@@ -67,10 +106,10 @@ pub const KERNELS: &[&Kernel] = &[
 pub struct GpuOptions {
     /// Adapter index (as `bge devices` lists them); `None` picks the best adapter.
     pub adapter: Option<usize>,
-    /// Storage of linear weights.
+    /// Storage of linear weights and activations.
     pub precision: GpuPrecision,
-    /// The matmul used for f32 weights.
-    pub matmul: MatmulKernel,
+    /// Kernel versions forced per op; ops left open take `BGE_KERNELS`'s, else the tuner's.
+    pub kernels: KernelChoice,
 }
 
 impl Default for GpuOptions {
@@ -78,20 +117,31 @@ impl Default for GpuOptions {
         GpuOptions {
             adapter: None,
             precision: GpuPrecision::F32,
-            matmul: MatmulKernel::Tiled,
+            kernels: KernelChoice::TUNED,
         }
     }
 }
 
-/// What the GPU backend stores linear weights in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What the GPU backend stores linear weights and activations in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum GpuPrecision {
     /// f32 everywhere.
     #[default]
     F32,
-    /// f16 weights (SHADER_F16 needed): half their memory and bandwidth; activations and sums
-    /// stay f32.
+    /// f16 weights and activations (SHADER_F16 needed): half their memory and traffic. Sums,
+    /// softmax and LayerNorm statistics stay f32 inside the kernels; biases and embedding
+    /// tables stay f32.
     F16,
+}
+
+impl GpuPrecision {
+    /// Bytes per stored element.
+    pub fn bytes(self) -> usize {
+        match self {
+            GpuPrecision::F32 => 4,
+            GpuPrecision::F16 => 2,
+        }
+    }
 }
 
 impl From<GpuPrecision> for Dtype {
@@ -123,10 +173,36 @@ pub struct Gpu {
     pool: Arc<Pool>,
     options: GpuOptions,
     /// Commands recorded since the last submission, by every thread using this backend.
-    pending: Mutex<Option<wgpu::CommandEncoder>>,
+    pending: Mutex<Option<Pending>>,
+    /// Parameter buffers by contents, and bind groups by pipeline and buffers: a forward pass
+    /// over a batch of a shape seen before creates neither.
+    bindings: Mutex<Bindings>,
+    /// Dispatches recorded so far.
+    dispatches: AtomicU64,
+    /// The version each shape class has run with.
+    chosen: Mutex<std::collections::BTreeMap<Class, Arc<Tuning>>>,
 }
 
-/// A `[rows, cols]` f32 matrix in a GPU buffer.
+/// The open command encoder and its one compute pass.
+struct Pending {
+    /// Ended (dropped) before the encoder records anything else or finishes.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: wgpu::CommandEncoder,
+}
+
+/// Bind groups and uniform buffers made so far (cleared when they pass [`Bindings::MAX`], so
+/// that the buffers of batches long gone are not kept alive by them).
+#[derive(Default)]
+struct Bindings {
+    uniforms: HashMap<Vec<u8>, wgpu::Buffer>,
+    groups: HashMap<(wgpu::ComputePipeline, Vec<wgpu::Buffer>), wgpu::BindGroup>,
+}
+
+impl Bindings {
+    const MAX: usize = 4096;
+}
+
+/// A `[rows, cols]` matrix of the backend's precision in a GPU buffer.
 pub struct GpuTensor {
     buffer: Buffer,
     rows: usize,
@@ -153,13 +229,18 @@ impl GpuTensor {
     }
 }
 
-/// An embedding table. One larger than a storage binding (bge-m3's 250002 x 1024 f32 words
-/// are 1 GB; lavapipe and many integrated GPUs bind at most 128 MiB) stays in host memory,
-/// and each batch's rows are gathered there and uploaded: `T * h` floats, negligible next to
-/// the encoder's work.
+/// An f32 embedding table. One larger than a storage binding (bge-m3's 250002 x 1024 f32
+/// words are 1 GB; lavapipe and many integrated GPUs bind at most 128 MiB) stays in host
+/// memory, and each batch's rows are gathered there and uploaded: `T * h` floats, negligible
+/// next to the encoder's work.
 pub enum GpuTable {
     /// In a GPU buffer.
-    Resident(GpuTensor),
+    #[allow(missing_docs)]
+    Resident {
+        buffer: wgpu::Buffer,
+        rows: usize,
+        cols: usize,
+    },
     /// In host memory, `[rows, cols]`.
     #[allow(missing_docs)]
     Host {
@@ -169,11 +250,10 @@ pub enum GpuTable {
     },
 }
 
-/// A linear layer: weight `[out, in]` (f32 or f16) and bias `[out]` (f32).
+/// A linear layer: weight `[out, in]` (the backend's precision) and bias `[out]` (f32).
 pub struct GpuLinear {
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
-    precision: GpuPrecision,
     out: usize,
     inp: usize,
 }
@@ -203,12 +283,82 @@ impl Gpu {
                 ctx.info.name
             )));
         }
+        let options = GpuOptions {
+            kernels: options.kernels.or(KernelChoice::from_env()?),
+            ..options
+        };
+        for op in Op::ALL {
+            if let Some(n) = options.kernels.get(op) {
+                let v = op
+                    .version(n)
+                    .ok_or_else(|| Error::InvalidArgument(format!("{op} has no version {n}")))?;
+                v.runs_on(&ctx, options.precision).map_err(|why| {
+                    Error::Gpu(format!(
+                        "{op} version {n} was forced, but it {why} ({})",
+                        ctx.info.name
+                    ))
+                })?;
+            }
+        }
         Ok(Gpu {
             pool: Pool::new(ctx.clone()),
             ctx,
             options,
             pending: Mutex::new(None),
+            bindings: Mutex::default(),
+            dispatches: AtomicU64::new(0),
+            chosen: Mutex::default(),
         })
+    }
+
+    /// The options it was made with (`kernels` including what `BGE_KERNELS` forces).
+    pub fn options(&self) -> GpuOptions {
+        self.options
+    }
+
+    /// The version that runs `class`: the forced one (or the highest lower one that takes the
+    /// shape), else the cached choice, else the tuner's (which checks and times every version
+    /// now, and caches its choice).
+    pub fn version(&self, class: Class) -> Result<&'static Version> {
+        let op = class.op();
+        let mut chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        let tuning = match chosen.get(&class) {
+            Some(t) => t.clone(),
+            None => {
+                let t = self.tuning(class)?;
+                chosen.insert(class, t.clone());
+                t
+            }
+        };
+        op.version(tuning.version)
+            .ok_or_else(|| Error::Gpu(format!("{op} has no version {}", tuning.version)))
+    }
+
+    /// How `class`'s version is chosen (see [`Self::version`]).
+    pub fn tuning(&self, class: Class) -> Result<Arc<Tuning>> {
+        if let Some(n) = self.options.kernels.get(class.op()) {
+            return Ok(Arc::new(Tuning::forced(class, n)));
+        }
+        let precision = self.options.precision;
+        self.ctx.tuning(precision, class, || {
+            let key = tune::cache_key(&self.ctx, precision, class);
+            if let Some(t) = tune::cached(&key) {
+                return Ok(t);
+            }
+            let t = tune::tune(self, class)?;
+            tune::store(&key, &t);
+            Ok(t)
+        })
+    }
+
+    /// Checks and times `class` afresh (ignoring this process's and the cache's choice), and
+    /// caches the result: `bge devices --tune`.
+    pub fn retune(&self, class: Class) -> Result<Arc<Tuning>> {
+        let precision = self.options.precision;
+        let t = Arc::new(tune::tune(self, class)?);
+        tune::store(&tune::cache_key(&self.ctx, precision, class), &t);
+        self.ctx.set_tuning(precision, class, t.clone());
+        Ok(t)
     }
 
     /// The device, its limits and features.
@@ -228,7 +378,8 @@ impl Gpu {
 
     /// A buffer the host fills once, e.g. weights or token ids.
     fn upload(&self, bytes: &[u8], what: &str) -> Result<wgpu::Buffer> {
-        let size = (bytes.len() as u64).next_multiple_of(4).max(4);
+        // Whole 16-byte words, so that shaders may bind any tensor as an array of vec4.
+        let size = (bytes.len() as u64).next_multiple_of(16).max(16);
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
@@ -247,7 +398,8 @@ impl Gpu {
 
     /// A pooled `[rows, cols]` output tensor.
     fn output(&self, rows: usize, cols: usize, what: &str) -> Result<GpuTensor> {
-        let buffer = self.pool.take((rows * cols * 4) as u64, what)?;
+        let bytes = rows * cols * self.options.precision.bytes();
+        let buffer = self.pool.take(bytes as u64, what)?;
         Ok(GpuTensor {
             buffer: Buffer::Pooled(buffer),
             rows,
@@ -255,8 +407,8 @@ impl Gpu {
         })
     }
 
-    /// Records one dispatch of `kernel` specialised with `constants` (its `override`s):
-    /// binding 0 is `params`, bindings 1.. are `buffers`.
+    /// Records one dispatch of `kernel` specialised with `constants` (its `override`s) into
+    /// the pending compute pass: binding 0 is `params`, bindings 1.. are `buffers`.
     fn dispatch(
         &self,
         kernel: &Kernel,
@@ -265,52 +417,92 @@ impl Gpu {
         buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
     ) -> Result<()> {
-        let pipeline = self.ctx.pipeline(kernel, constants)?;
-        let device = &self.ctx.device;
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(kernel.name),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: uniform.as_entire_binding(),
-        }];
-        entries.extend(
-            buffers
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.as_entire_binding(),
-                }),
-        );
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
-        self.record(|encoder| {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.name),
-                timestamp_writes: None,
+        let pipeline = self
+            .ctx
+            .pipeline(kernel, self.options.precision, constants)?;
+        let bind_group = self.bind_group(kernel, &pipeline, bytemuck::bytes_of(params), buffers);
+        self.record(|pending| {
+            let pass = pending.pass.get_or_insert_with(|| {
+                pending
+                    .encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("bge forward"),
+                        timestamp_writes: None,
+                    })
+                    .forget_lifetime()
             });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         });
+        self.dispatches.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
+    /// The bind group of `pipeline` with `params` (in a uniform buffer) and `buffers`, made on
+    /// first use.
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
+        if bindings.groups.len() + bindings.uniforms.len() > Bindings::MAX {
+            *bindings = Bindings::default();
+        }
+        let device = &self.ctx.device;
+        let uniform = bindings
+            .uniforms
+            .entry(params.to_vec())
+            .or_insert_with(|| {
+                device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: params,
+                    usage: wgpu::BufferUsages::UNIFORM,
+                })
+            })
+            .clone();
+        let key = (
+            pipeline.clone(),
+            std::iter::once(&uniform)
+                .chain(buffers.iter().copied())
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        bindings
+            .groups
+            .entry(key)
+            .or_insert_with_key(|(_, all)| {
+                let entries: Vec<_> = all
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: b.as_entire_binding(),
+                    })
+                    .collect();
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(kernel.name),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                })
+            })
+            .clone()
+    }
+
     /// Records commands into the pending encoder (holding its lock only meanwhile).
-    fn record(&self, commands: impl FnOnce(&mut wgpu::CommandEncoder)) {
+    fn record(&self, commands: impl FnOnce(&mut Pending)) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let encoder = pending.get_or_insert_with(|| {
-            self.ctx
+        let pending = pending.get_or_insert_with(|| Pending {
+            pass: None,
+            encoder: self
+                .ctx
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bge") }),
         });
-        commands(encoder);
+        commands(pending);
     }
 
     /// `count` workgroups folded into x and y under the per-dimension limit; shaders recover
@@ -327,8 +519,29 @@ impl Gpu {
     /// is never written by them before its previous user's commands have run.
     fn submit(&self) -> Option<wgpu::SubmissionIndex> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let encoder = pending.take()?;
+        let Pending { pass, encoder } = pending.take()?;
+        drop(pass);
         Some(self.ctx.queue.submit([encoder.finish()]))
+    }
+
+    /// Waits until the GPU has run submission `index`, then reports any error it raised.
+    fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        if let Some(index) = index {
+            self.ctx
+                .device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(index),
+                    timeout: None,
+                })
+                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        }
+        self.ctx.check()
+    }
+
+    /// Submits what is pending and waits until the GPU has run it.
+    pub fn finish(&self) -> Result<()> {
+        let index = self.submit();
+        self.wait(index)
     }
 }
 
@@ -346,7 +559,7 @@ impl Kernels for Gpu {
     fn describe(&self) -> String {
         let weights = match self.options.precision {
             GpuPrecision::F32 => "f32",
-            GpuPrecision::F16 => "f16 weights, f32 activations",
+            GpuPrecision::F16 => "f16 weights and activations, f32 sums",
         };
         format!("wgpu on {} [{weights}]", self.ctx.describe())
     }
@@ -355,7 +568,7 @@ impl Kernels for Gpu {
         self.ctx.info.name.clone()
     }
 
-    /// The attention kernel keeps a query's head in registers as `vec4`s (`MAX_D4` of them).
+    /// The attention kernels keep a query's head in registers as `vec4`s (at most 32 of them).
     fn head_dims(&self) -> HeadDims {
         attention::HEAD_DIMS
     }
@@ -366,7 +579,7 @@ impl Kernels for Gpu {
 
     fn table_dims(&self, t: &GpuTable) -> Dims {
         match t {
-            GpuTable::Resident(t) => [t.rows, t.cols],
+            GpuTable::Resident { rows, cols, .. } => [*rows, *cols],
             GpuTable::Host { rows, cols, .. } => [*rows, *cols],
         }
     }
@@ -380,16 +593,39 @@ impl Kernels for Gpu {
     }
 
     fn max_tensor_elements(&self) -> usize {
-        (self.ctx.limits.max_storage_buffer_binding_size / 4) as usize
+        (self.ctx.limits.max_storage_buffer_binding_size / self.options.precision.bytes() as u64)
+            as usize
     }
 
     fn activation_peak_bytes(&self) -> Option<u64> {
         Some(self.pool.stats().peak_in_use)
     }
 
+    fn dispatches(&self) -> Option<u64> {
+        Some(self.dispatches.load(Ordering::Relaxed))
+    }
+
+    fn kernel_choices(&self) -> Vec<(String, String)> {
+        self.chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(class, t)| {
+                (
+                    class.to_string(),
+                    format!("{} ({})", t.version, t.source.name()),
+                )
+            })
+            .collect()
+    }
+
     fn tensor_unchecked(&self, data: &[f32], rows: usize, cols: usize) -> Result<GpuTensor> {
+        let buffer = match self.options.precision {
+            GpuPrecision::F32 => self.upload(bytemuck::cast_slice(data), "tensor")?,
+            GpuPrecision::F16 => self.upload(bytemuck::cast_slice(&to_f16(data)), "tensor")?,
+        };
         Ok(GpuTensor {
-            buffer: Buffer::Uploaded(self.upload(bytemuck::cast_slice(data), "tensor")?),
+            buffer: Buffer::Uploaded(buffer),
             rows,
             cols,
         })
@@ -404,41 +640,51 @@ impl Kernels for Gpu {
                 cols,
             });
         }
-        Ok(GpuTable::Resident(self.tensor_unchecked(data, rows, cols)?))
+        Ok(GpuTable::Resident {
+            buffer: self.upload(bytemuck::cast_slice(data), "embedding table")?,
+            rows,
+            cols,
+        })
     }
 
     fn to_host(&self, x: &GpuTensor) -> Result<Vec<f32>> {
-        let bytes = (x.len() * 4) as u64;
+        let bytes = (x.len() * self.options.precision.bytes()) as u64;
         if bytes == 0 {
             self.submit();
             return Ok(Vec::new());
         }
         let staging = self.ctx.buffer(
-            bytes,
+            bytes.next_multiple_of(4),
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             "readback",
         )?;
-        self.record(|encoder| encoder.copy_buffer_to_buffer(x.raw(), 0, &staging, 0, bytes));
+        // f16 readbacks of an odd length copy the last half's padding too (copies are whole words).
+        let copied = bytes.next_multiple_of(4);
+        self.record(|pending| {
+            drop(pending.pass.take());
+            pending
+                .encoder
+                .copy_buffer_to_buffer(x.raw(), 0, &staging, 0, copied)
+        });
         let index = self.submit();
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.ctx
-            .device
-            .poll(wgpu::PollType::Wait {
-                submission_index: index,
-                timeout: None,
-            })
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
-        self.ctx.check()?;
+        self.wait(index)?;
         rx.recv()
             .map_err(|_| Error::Gpu("readback was dropped".into()))?
             .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
-        let data = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        let data = match self.options.precision {
+            GpuPrecision::F32 => bytemuck::cast_slice::<u8, f32>(&view).to_vec(),
+            GpuPrecision::F16 => bytemuck::cast_slice::<u8, half::f16>(&view)[..x.len()]
+                .iter()
+                .map(|h| h.to_f32())
+                .collect(),
+        };
         drop(view);
         staging.unmap();
         Ok(data)
@@ -451,18 +697,13 @@ impl Kernels for Gpu {
         out: usize,
         inp: usize,
     ) -> Result<GpuLinear> {
-        let precision = self.options.precision;
-        let weight = match precision {
+        let weight = match self.options.precision {
             GpuPrecision::F32 => self.upload(bytemuck::cast_slice(weight), "weight")?,
-            GpuPrecision::F16 => {
-                let half: Vec<half::f16> = weight.iter().map(|&w| half::f16::from_f32(w)).collect();
-                self.upload(bytemuck::cast_slice(&half), "weight")?
-            }
+            GpuPrecision::F16 => self.upload(bytemuck::cast_slice(&to_f16(weight)), "weight")?,
         };
         Ok(GpuLinear {
             weight,
             bias: self.upload(bytemuck::cast_slice(bias), "bias")?,
-            precision,
             out,
             inp,
         })
@@ -534,4 +775,9 @@ impl Kernels for Gpu {
     fn l2_normalize_unchecked(&self, x: &GpuTensor) -> Result<GpuTensor> {
         rows::l2_normalize(self, x)
     }
+}
+
+/// `values` rounded to f16 (to nearest, ties to even).
+fn to_f16(values: &[f32]) -> Vec<half::f16> {
+    values.iter().map(|&v| half::f16::from_f32(v)).collect()
 }

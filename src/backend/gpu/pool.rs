@@ -92,7 +92,7 @@ impl Pool {
                 let size = if class <= self.ctx.limits.max_storage_buffer_binding_size {
                     class
                 } else {
-                    bytes.next_multiple_of(4)
+                    bytes.next_multiple_of(16)
                 };
                 self.ctx.buffer(size, usage, what)?
             }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
+use bge::backend::gpu::Op;
 use bge::internals::{BenchSpec, DEFAULT_BATCH_SIZE, RERANKER_BATCH_SIZE, Shape};
 use bge::llm_embedder::{self, Task};
 use bge::{Device, Dtype, Error, FlagModel, M3Model, Options, Reranker, Result, Want};
@@ -24,6 +25,10 @@ use bge::{Device, Dtype, Error, FlagModel, M3Model, Options, Reranker, Result, W
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Also print, on stderr, the GPU kernel version chosen per shape and any version the
+    /// self-check disabled.
+    #[arg(long, short, global = true)]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -40,7 +45,24 @@ enum Command {
     /// Time the encoder on random or real weights (same JSON fields as peer_bench.py).
     Bench(BenchArgs),
     /// List the GPU adapters wgpu finds, with the features and limits the kernels use.
-    Devices,
+    Devices(DevicesArgs),
+}
+
+#[derive(clap::Args)]
+struct DevicesArgs {
+    /// Check and time every kernel version on the GPU at a shape's classes (ignoring and then
+    /// refreshing the cached choice), and print the table.
+    #[arg(long)]
+    tune: bool,
+    /// The shape whose classes --tune times.
+    #[arg(long, default_value = "bge-base", value_parser = parse::<Shape>)]
+    shape: Shape,
+    /// The adapter --tune uses: gpu or gpu:N.
+    #[arg(long, default_value = "gpu", value_parser = parse::<Device>)]
+    device: Device,
+    /// The precision --tune uses (default: f32, then f16 where the adapter has it).
+    #[arg(long, value_parser = parse::<Dtype>)]
+    dtype: Option<Dtype>,
 }
 
 /// Which model to load, where, and in what precision (every model-running command).
@@ -201,6 +223,17 @@ struct BenchArgs {
     /// Run only this many layers of the shape (e.g. to measure one layer's memory).
     #[arg(long)]
     layers: Option<usize>,
+    /// Time every version of one GPU kernel ladder (matmul or attention) at the shape's
+    /// classes, with batch x seq rows, instead of the whole encoder: one JSON line each.
+    #[arg(long, value_parser = parse_op)]
+    op: Option<Op>,
+}
+
+fn parse_op(s: &str) -> std::result::Result<Op, String> {
+    Op::ALL
+        .into_iter()
+        .find(|op| op.name() == s)
+        .ok_or_else(|| format!("unknown op `{s}` (expected matmul or attention)"))
 }
 
 /// A flag's value through the library's `FromStr`, whose error names the values it takes.
@@ -242,6 +275,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let verbose = cli.verbose;
     let result = match cli.command {
         Command::Embed(args) => embed(args),
         Command::Score(args) => score(args),
@@ -249,11 +283,13 @@ fn main() -> ExitCode {
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve(args),
         Command::Bench(args) => run_bench(args),
-        Command::Devices => {
-            print!("{}", bge::backend::gpu::adapter_report());
-            Ok(())
-        }
+        Command::Devices(args) => devices(args),
     };
+    if verbose {
+        for line in bge::backend::gpu::kernel_notes() {
+            eprintln!("bge: {line}");
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -439,7 +475,28 @@ fn run_bench(args: BenchArgs) -> Result<()> {
         seed: args.seed,
         layers: args.layers,
     };
+    if let Some(op) = args.op {
+        for line in bge::internals::run_bench_ops(&spec, op)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     let line = bge::internals::run_bench(&spec)?;
     println!("{line}");
+    Ok(())
+}
+
+fn devices(args: DevicesArgs) -> Result<()> {
+    print!("{}", bge::backend::gpu::adapter_report());
+    if !args.tune {
+        return Ok(());
+    }
+    let Device::Gpu(adapter) = args.device else {
+        return Err(Error::InvalidArgument(
+            "devices --tune needs --device gpu or gpu:N".into(),
+        ));
+    };
+    let text = bge::backend::gpu::tune::table(adapter, &args.shape.config(), args.dtype)?;
+    print!("{text}");
     Ok(())
 }

@@ -1,11 +1,14 @@
-// Linear layer, the readable version: one invocation per output element.
+alias Act = f32; // The storage type of activations and weights: f16 with --dtype f16.
+
+// Matmul ladder, version 1: the readable one. One invocation per output element.
 //
 //   out[m, n] = act(sum_k a[m, k] * w[n, k] + bias[n])
 //
 // Layout: a is [M, K] row-major (one row per token), w is [N, K] row-major (Hugging Face's
-// [out, in]), bias [N], out [M, N]. f32 everywhere, f32 accumulation.
-// This kernel is kept as the reference the tiled kernels are read against; the backend uses it
-// only when asked to (GpuOptions::matmul = Naive). Rust twin: src/backend/gpu/matmul.rs.
+// [out, in]), bias [N] f32, out [M, N]. a, w and out are Act (f32, or f16 with --dtype f16);
+// the sum is f32 either way.
+// Every other version is checked against this one on the user's GPU before it is used (the
+// self-check in src/backend/gpu/tune.rs). Rust twin: src/backend/gpu/matmul.rs.
 
 struct Params {
     m: u32,
@@ -16,10 +19,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<Act>;
+@group(0) @binding(2) var<storage, read> w: array<Act>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<Act>;
 
 // Exact GELU, x * Phi(x). WGSL has no erf: Phi comes from erfc (Numerical Recipes' erfcc,
 // relative error < 1.2e-7 for all z >= 0), evaluated at |x| so that the tail for negative x
@@ -53,7 +56,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var acc = 0.0;
     for (var k = 0u; k < p.k; k++) {
-        acc += a[m * p.k + k] * w[n * p.k + k];
+        acc += f32(a[m * p.k + k]) * f32(w[n * p.k + k]);
     }
-    out[m * p.n + n] = activate(acc + bias[n], p.activation);
+    out[m * p.n + n] = Act(activate(acc + bias[n], p.activation));
 }

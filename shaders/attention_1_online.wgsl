@@ -1,10 +1,14 @@
+alias Act = f32; // The storage type of activations: f16 with --dtype f16.
+
+// Attention ladder, version 1: one query per invocation.
+//
 // Multi-head self-attention inside each packed sequence, flash-style: the softmax is computed
 // online over tiles of keys, so no [seq, seq] matrix is ever written to memory (bge-m3 takes
 // 8192 tokens: 256 MiB per head in f32 otherwise). Memory is O(tokens * hidden).
 //
 //   out[t, head] = sum_u softmax_u(q_t . k_u * scale) v_u     over the tokens u of t's sequence
 //
-// Layout: qkv [tokens, 3 * hidden] f32 (Q columns 0..h, K h..2h, V 2h..3h; head j owns columns
+// Layout: qkv [tokens, 3 * hidden] Act (Q columns 0..h, K h..2h, V 2h..3h; head j owns columns
 // j*d..(j+1)*d of each), out [tokens, hidden], both read as vec4 (d is a multiple of 4, at most
 // 128). blocks[b] = (sequence start, sequence length, first query of the block, 0).
 // The head size d is a pipeline constant (HEAD_DIM), so every loop over it has a fixed trip
@@ -29,8 +33,8 @@ override HEAD_DIM: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> blocks: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> qkv: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> qkv: array<vec4<Act>>;
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<Act>>;
 
 const BLOCK: u32 = 64u;   // queries per workgroup
 const KEYS: u32 = 16u;    // keys per staged tile
@@ -64,7 +68,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     var acc: array<vec4<f32>, 32>;
     if (live) {
         for (var i = 0u; i < d4; i++) {
-            q[i] = qkv[token * row4 + head * d4 + i] * p.scale;
+            q[i] = vec4<f32>(qkv[token * row4 + head * d4 + i]) * p.scale;
         }
     }
     var m = NEG_BIG;
@@ -78,8 +82,8 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             var v = vec4<f32>(0.0);
             if (k0 + j < seq_len) {
                 let base = (seq_start + k0 + j) * row4 + head * d4 + i;
-                k = qkv[base + h4];
-                v = qkv[base + 2u * h4];
+                k = vec4<f32>(qkv[base + h4]);
+                v = vec4<f32>(qkv[base + 2u * h4]);
             }
             k_tile[j * MAX_D4 + i] = k;
             v_tile[j * MAX_D4 + i] = v;
@@ -122,7 +126,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 
     if (live) {
         for (var i = 0u; i < d4; i++) {
-            out[token * h4 + head * d4 + i] = acc[i] / l;
+            out[token * h4 + head * d4 + i] = vec4<Act>(acc[i] / l);
         }
     }
 }

@@ -1,4 +1,6 @@
-// Linear layer, tiled: what matmul_naive.wgsl computes, with two improvements.
+alias Act = f32; // The storage type of activations and weights: f16 with --dtype f16.
+
+// Matmul ladder, version 2: what version 1 computes, with two improvements.
 //
 //   out[m, n] = act(sum_k a[m, k] * w[n, k] + bias[n])
 //
@@ -9,8 +11,8 @@
 //    ty + 16i, columns tx + 16j), reading 4 + 4 values from workgroup memory per 16 FMAs.
 // Any M, N, K work: tile loads outside the matrices read zeros and stores are guarded.
 //
-// Layout as in matmul_naive.wgsl: a [M, K], w [N, K] (Hugging Face [out, in]), bias [N],
-// out [M, N], all row-major f32, f32 accumulation. Rust twin: src/backend/gpu/matmul.rs.
+// Layout as in version 1: a [M, K], w [N, K] (Hugging Face [out, in]), out [M, N], all
+// row-major Act; bias [N] f32; tiles and sums f32. Rust twin: src/backend/gpu/matmul.rs.
 
 struct Params {
     m: u32,
@@ -21,10 +23,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(1) var<storage, read> a: array<Act>;
+@group(0) @binding(2) var<storage, read> w: array<Act>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<Act>;
 
 const TILE: u32 = 64u;    // rows of a / rows of w per workgroup
 const SLICE: u32 = 16u;   // K per stage
@@ -80,12 +82,12 @@ fn main(
             let gk = k0 + k;
             var av = 0.0;
             if (m0 + row < p.m && gk < p.k) {
-                av = a[(m0 + row) * p.k + gk];
+                av = f32(a[(m0 + row) * p.k + gk]);
             }
             a_tile[k * TILE + row] = av;
             var wv = 0.0;
             if (n0 + row < p.n && gk < p.k) {
-                wv = w[(n0 + row) * p.k + gk];
+                wv = f32(w[(n0 + row) * p.k + gk]);
             }
             w_tile[k * TILE + row] = wv;
         }
@@ -111,7 +113,7 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let n = n0 + tx + 16u * j;
             if (m < p.m && n < p.n) {
-                out[m * p.n + n] = activate(acc[i][j] + bias[n], p.activation);
+                out[m * p.n + n] = Act(activate(acc[i][j] + bias[n], p.activation));
             }
         }
     }
