@@ -110,18 +110,25 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         pipeline.forward(&batch, &request)?;
     }
     let mut times = Vec::with_capacity(spec.iters);
+    let mut gpu_times = Vec::with_capacity(spec.iters);
     let mut dispatches_per_pass = None;
+    pipeline.enable_gpu_timing();
     for _ in 0..spec.iters {
-        let before = pipeline.dispatches();
+        let before = (pipeline.dispatches(), pipeline.gpu_seconds());
         let start = Instant::now();
         let out = pipeline.forward(&batch, &request)?;
         times.push(start.elapsed().as_secs_f64());
-        dispatches_per_pass = before.zip(pipeline.dispatches()).map(|(a, b)| b - a);
+        dispatches_per_pass = before.0.zip(pipeline.dispatches()).map(|(a, b)| b - a);
+        if let Some((a, b)) = before.1.zip(pipeline.gpu_seconds()) {
+            gpu_times.push(b - a);
+        }
         checksum = out.dense.iter().flatten().map(|&v| v as f64).sum::<f64>();
     }
     let run_peak = rss_bytes("VmHWM:");
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    gpu_times.sort_by(f64::total_cmp);
+    let gpu_median = gpu_times.get(gpu_times.len() / 2).copied();
     let tokens: usize = lens.iter().sum();
     let flops: f64 = lens.iter().map(|&n| config.flops(n)).sum();
     // The threads doing the work: the CPU backend's pool, one host thread otherwise.
@@ -160,6 +167,9 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         // GPU: kernel launches in one forward pass (one compute pass, one submission), and the
         // kernel version each shape class ran with.
         "dispatches_per_pass": dispatches_per_pass,
+        // The GPU's own time for a forward pass (timestamp queries at the start and end of its
+        // compute passes), where the adapter has them: median over the iterations.
+        "gpu_median_s": gpu_median,
         "kernels": pipeline.kernel_choices().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
     }))
 }

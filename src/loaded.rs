@@ -179,6 +179,12 @@ pub(crate) trait Resident: Send + Sync {
     /// Kernel launches so far, where the backend counts them (GPU).
     fn dispatches(&self) -> Option<u64>;
 
+    /// Starts the device's own timing of its work, where it can (GPU timestamp queries).
+    fn enable_gpu_timing(&self) -> bool;
+
+    /// Device seconds since [`Resident::enable_gpu_timing`], where measured.
+    fn gpu_seconds(&self) -> Option<f64>;
+
     /// The kernel version of each shape class run so far, where there is a choice (GPU).
     fn kernel_choices(&self) -> Vec<(String, String)>;
 
@@ -290,6 +296,14 @@ impl<B: Backend> Resident for OnBackend<B> {
 
     fn dispatches(&self) -> Option<u64> {
         self.backend.dispatches()
+    }
+
+    fn enable_gpu_timing(&self) -> bool {
+        self.backend.enable_gpu_timing()
+    }
+
+    fn gpu_seconds(&self) -> Option<f64> {
+        self.backend.gpu_seconds()
     }
 
     fn kernel_choices(&self) -> Vec<(String, String)> {

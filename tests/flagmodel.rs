@@ -174,35 +174,6 @@ fn minilm_mean_and_cls_pooling() {
     }
 }
 
-/// f16 weights on the GPU: the bar is cosine >= 0.999 per vector.
-#[test]
-fn tiny_bge_and_minilm_in_f16_on_gpu() {
-    let f16 = Options {
-        device: Device::Gpu(None),
-        dtype: bge::Dtype::F16,
-        ..Options::default()
-    };
-    let model = FlagModel::load(model_dir("tiny-bge").to_str().unwrap(), &f16).unwrap();
-    let got = model.encode(&refs(&texts("sentences"))).unwrap();
-    let want = load(
-        &reference("tiny_bge/flagmodel.safetensors"),
-        "encode_max512",
-    );
-    assert_rows("f16 tiny-bge", &got, &want, tol::F16_VECTORS, 0.999);
-
-    let minilm = Options {
-        max_length: Some(256),
-        ..f16
-    };
-    let model = FlagModel::load(common::minilm_dir().to_str().unwrap(), &minilm).unwrap();
-    let got = model.encode(&refs(&texts("sentences"))).unwrap();
-    let want = load(
-        &reference("minilm/embeddings.safetensors"),
-        "mean_normalized",
-    );
-    assert_rows("f16 minilm", &got, &want, tol::F16_VECTORS, 0.999);
-}
-
 /// bf16 linear layers on the CPU (where it has AVX-512 BF16): the same bar as f16 on the GPU,
 /// cosine >= 0.999 per vector. Elsewhere `--dtype bf16` is a clear error.
 #[test]

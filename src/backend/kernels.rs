@@ -48,6 +48,18 @@ pub trait Kernels: Send + Sync {
         None
     }
 
+    /// Starts measuring the device's own time for the work it runs (the GPU's timestamp
+    /// queries); false where the backend or adapter cannot.
+    fn enable_gpu_timing(&self) -> bool {
+        false
+    }
+
+    /// Device seconds of the work run since [`Self::enable_gpu_timing`], where measured: a
+    /// forward pass's is the difference across it.
+    fn gpu_seconds(&self) -> Option<f64> {
+        None
+    }
+
     /// The kernel version running each shape class so far and how it was chosen, e.g.
     /// `("matmul n=768 k=768", "3 (tuned)")`, where the backend has several (the GPU's ladders).
     fn kernel_choices(&self) -> Vec<(String, String)> {

@@ -181,6 +181,21 @@ pub struct Gpu {
     dispatches: AtomicU64,
     /// The version each shape class has run with.
     chosen: Mutex<std::collections::BTreeMap<Class, Arc<Tuning>>>,
+    /// GPU time of the compute passes, once [`Kernels::enable_gpu_timing`] turned it on.
+    timing: Mutex<Option<Timing>>,
+}
+
+/// Timestamps written at the beginning and end of each compute pass, resolved and read back
+/// after the submission ran. Exact for one thread's passes (as `bge bench` runs them); passes
+/// of several threads share one compute pass and one pair of timestamps.
+struct Timing {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// A resolved pair awaits reading.
+    pending: bool,
+    /// Seconds summed over every pass read so far.
+    seconds: f64,
 }
 
 /// The open command encoder and its one compute pass.
@@ -188,6 +203,8 @@ struct Pending {
     /// Ended (dropped) before the encoder records anything else or finishes.
     pass: Option<wgpu::ComputePass<'static>>,
     encoder: wgpu::CommandEncoder,
+    /// A pass of this encoder wrote timestamps.
+    timed: bool,
 }
 
 /// Bind groups and uniform buffers made so far (cleared when they pass [`Bindings::MAX`], so
@@ -308,6 +325,7 @@ impl Gpu {
             bindings: Mutex::default(),
             dispatches: AtomicU64::new(0),
             chosen: Mutex::default(),
+            timing: Mutex::default(),
         })
     }
 
@@ -421,13 +439,25 @@ impl Gpu {
             .ctx
             .pipeline(kernel, self.options.precision, constants)?;
         let bind_group = self.bind_group(kernel, &pipeline, bytemuck::bytes_of(params), buffers);
+        // Cloned out of the lock: `submit` takes the pending lock first, then this one.
+        let queries = (self.timing.lock().unwrap_or_else(|e| e.into_inner()))
+            .as_ref()
+            .map(|t| t.queries.clone());
+        let timestamp_writes = queries
+            .as_ref()
+            .map(|query_set| wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
         self.record(|pending| {
+            pending.timed |= pending.pass.is_none() && timestamp_writes.is_some();
             let pass = pending.pass.get_or_insert_with(|| {
                 pending
                     .encoder
                     .begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("bge forward"),
-                        timestamp_writes: None,
+                        timestamp_writes,
                     })
                     .forget_lifetime()
             });
@@ -497,6 +527,7 @@ impl Gpu {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let pending = pending.get_or_insert_with(|| Pending {
             pass: None,
+            timed: false,
             encoder: self
                 .ctx
                 .device
@@ -519,8 +550,23 @@ impl Gpu {
     /// is never written by them before its previous user's commands have run.
     fn submit(&self) -> Option<wgpu::SubmissionIndex> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let Pending { pass, encoder } = pending.take()?;
+        let Pending {
+            pass,
+            mut encoder,
+            timed,
+        } = pending.take()?;
         drop(pass);
+        if let (true, Some(t)) = (
+            timed,
+            self.timing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut(),
+        ) {
+            encoder.resolve_query_set(&t.queries, 0..2, &t.resolved, 0);
+            encoder.copy_buffer_to_buffer(&t.resolved, 0, &t.readback, 0, 16);
+            t.pending = true;
+        }
         Some(self.ctx.queue.submit([encoder.finish()]))
     }
 
@@ -535,7 +581,39 @@ impl Gpu {
                 })
                 .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         }
-        self.ctx.check()
+        self.ctx.check()?;
+        self.read_timestamps()
+    }
+
+    /// Adds the GPU time of the last timed pass, once its submission has run.
+    fn read_timestamps(&self) -> Result<()> {
+        let mut timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = timing.as_mut().filter(|t| t.pending) else {
+            return Ok(());
+        };
+        t.pending = false;
+        let (tx, rx) = std::sync::mpsc::channel();
+        t.readback.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("timestamp readback was dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
+        let ticks: [u64; 2] = {
+            let view = t
+                .readback
+                .get_mapped_range(..)
+                .map_err(|e| Error::Gpu(format!("timestamp readback: {e}")))?;
+            bytemuck::pod_read_unaligned(&view[..16])
+        };
+        t.readback.unmap();
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        t.seconds += ticks[1].saturating_sub(ticks[0]) as f64 * period * 1e-9;
+        Ok(())
     }
 
     /// Submits what is pending and waits until the GPU has run it.
@@ -603,6 +681,47 @@ impl Kernels for Gpu {
 
     fn dispatches(&self) -> Option<u64> {
         Some(self.dispatches.load(Ordering::Relaxed))
+    }
+
+    fn enable_gpu_timing(&self) -> bool {
+        if !self.ctx.features.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return false;
+        }
+        let mut timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
+        if timing.is_none() {
+            let device = &self.ctx.device;
+            let buffer = |usage, label| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: 16,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            *timing = Some(Timing {
+                queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("pass timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                }),
+                resolved: buffer(
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    "resolved timestamps",
+                ),
+                readback: buffer(
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    "timestamps",
+                ),
+                pending: false,
+                seconds: 0.0,
+            });
+        }
+        true
+    }
+
+    fn gpu_seconds(&self) -> Option<f64> {
+        let timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
+        timing.as_ref().map(|t| t.seconds)
     }
 
     fn kernel_choices(&self) -> Vec<(String, String)> {
