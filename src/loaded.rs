@@ -140,16 +140,59 @@ impl LoadedModel {
             colbert: vec![Vec::new(); size(heads.contains(Head::Colbert))],
             logits: vec![Vec::new(); size(heads.contains(Head::Classifier))],
         };
-        for batch in plan_batches(encoded, batch_size, self.resident.max_batch_tokens()) {
+        let batches = plan_batches(encoded, batch_size, self.resident.max_batch_tokens());
+        let forward = |batch: &[usize]| {
             let seqs: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
-            let packed = model::pack(self.config(), &seqs)?;
-            let out = self.resident.forward(&packed, request)?;
-            scatter(&mut all.dense, &batch, out.dense);
-            scatter(&mut all.sparse, &batch, out.sparse);
-            scatter(&mut all.colbert, &batch, out.colbert);
-            scatter(&mut all.logits, &batch, out.logits);
+            self.resident
+                .forward(&model::pack(self.config(), &seqs)?, request)
+        };
+        let mut gather = |batch: &[usize], out: Outputs| {
+            scatter(&mut all.dense, batch, out.dense);
+            scatter(&mut all.sparse, batch, out.sparse);
+            scatter(&mut all.colbert, batch, out.colbert);
+            scatter(&mut all.logits, batch, out.logits);
             progress(batch.len());
+        };
+        let in_flight = self.resident.passes_in_flight().min(batches.len());
+        if in_flight <= 1 {
+            for batch in &batches {
+                gather(batch, forward(batch)?);
+            }
+            return Ok(all);
         }
+        // Several passes in flight (the GPU): while one batch runs on the device, another
+        // thread packs, uploads and records the next, and reads its results back when it is
+        // done. Each batch's results are its own (batch invariance), whichever thread runs it.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..in_flight {
+                let (tx, next, failed, batches, forward) =
+                    (tx.clone(), &next, &failed, &batches, &forward);
+                scope.spawn(move || {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while !failed.load(Relaxed) {
+                        let Some(batch) = batches.get(next.fetch_add(1, Relaxed)) else {
+                            break;
+                        };
+                        let out = forward(batch);
+                        failed.fetch_or(out.is_err(), Relaxed);
+                        if tx.send((batch, out)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (batch, out) in rx {
+                match out {
+                    Ok(out) => gather(batch, out),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })?;
         Ok(all)
     }
 }
@@ -172,6 +215,9 @@ pub(crate) trait Resident: Send + Sync {
 
     /// The most tokens one forward pass may hold on this device.
     fn max_batch_tokens(&self) -> usize;
+
+    /// How many forward passes [`LoadedModel::run`] keeps in flight at once.
+    fn passes_in_flight(&self) -> usize;
 
     /// The backend's peak bytes of intermediate tensors, where it keeps count (GPU).
     fn activation_peak_bytes(&self) -> Option<u64>;
@@ -292,6 +338,10 @@ impl<B: Backend> Resident for OnBackend<B> {
 
     fn activation_peak_bytes(&self) -> Option<u64> {
         self.backend.activation_peak_bytes()
+    }
+
+    fn passes_in_flight(&self) -> usize {
+        self.backend.passes_in_flight()
     }
 
     fn dispatches(&self) -> Option<u64> {

@@ -42,6 +42,14 @@ pub trait Kernels: Send + Sync {
         None
     }
 
+    /// How many forward passes a caller should keep in flight, from as many threads: 1 where
+    /// a pass keeps the whole device busy by itself (the CPU spreads one pass over every
+    /// core); 2 on the GPU, so that the host's work for one batch (packing, upload, recording,
+    /// readback) overlaps the device's work on another.
+    fn passes_in_flight(&self) -> usize {
+        1
+    }
+
     /// Kernel launches recorded so far, where the backend counts them (the GPU's dispatches):
     /// a forward pass's count is the difference across it.
     fn dispatches(&self) -> Option<u64> {

@@ -679,6 +679,10 @@ impl Kernels for Gpu {
         Some(self.pool.stats().peak_in_use)
     }
 
+    fn passes_in_flight(&self) -> usize {
+        2
+    }
+
     fn dispatches(&self) -> Option<u64> {
         Some(self.dispatches.load(Ordering::Relaxed))
     }
