@@ -44,15 +44,12 @@ const NEG_BIG: f32 = -3.0e38;
 
 var<workgroup> k_tile: array<vec4<f32>, 512>; // [KEYS][MAX_D4]
 var<workgroup> v_tile: array<vec4<f32>, 512>;
-var<workgroup> block_info: vec4<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    if (tid == 0u) {
-        block_info = blocks[group.x];
-    }
-    // Read through workgroupUniformLoad so the key loop below is uniform control flow.
-    let info = workgroupUniformLoad(&block_info);
+    // A read-only storage load at a uniform index is uniform: the key loop's barriers are in
+    // uniform control flow.
+    let info = blocks[group.x];
     let seq_start = info.x;
     let seq_len = info.y;
     let head = group.y;

@@ -60,10 +60,26 @@ const SLICE: u32 = 8u;      // K per stage
 const QUADS: u32 = 32u;     // vec4 per k in a tile: 128 rows / 4
 const STAGE: u32 = 256u;    // vec4 per tile buffer: SLICE * QUADS
 
-// Staged tiles, K-major, two buffers each: a_tile[b * STAGE + k * QUADS + q] holds
-// a[m0 + 4q .. m0 + 4q + 3, k0 + k] of buffer b (w_tile likewise, rows of w).
-var<workgroup> a_tile: array<vec4<f32>, 512>;
-var<workgroup> w_tile: array<vec4<f32>, 512>;
+// Staged tiles, K-major, two buffers each: the vec4 a_quad(b * STAGE + k * QUADS + q) holds
+// a[m0 + 4q .. m0 + 4q + 3, k0 + k] of buffer b (w_tile likewise, rows of w). They are declared
+// as scalars because four invocations stage the four components of one such vec4 at once:
+// WGSL lets a write to one component of a vector access the whole vector (and Metal and HLSL
+// compile it as a read-modify-write), so writing components of a vec4 array would race.
+// Reading four consecutive, 16-byte-aligned scalars is one vector load on the GPUs we know.
+var<workgroup> a_tile: array<f32, 2048>;
+var<workgroup> w_tile: array<f32, 2048>;
+
+// The vec4 at vec4 index `i` of a_tile (four scalars: see the note on the tiles).
+fn a_quad(i: u32) -> vec4<f32> {
+    let e = 4u * i;
+    return vec4<f32>(a_tile[e], a_tile[e + 1u], a_tile[e + 2u], a_tile[e + 3u]);
+}
+
+// The vec4 at vec4 index `i` of w_tile (four scalars: see the note on the tiles).
+fn w_quad(i: u32) -> vec4<f32> {
+    let e = 4u * i;
+    return vec4<f32>(w_tile[e], w_tile[e + 1u], w_tile[e + 2u], w_tile[e + 3u]);
+}
 
 // Exact GELU, x * Phi(x). WGSL has no erf: Phi comes from erfc (Numerical Recipes' erfcc,
 // relative error < 1.2e-7 for all z >= 0), evaluated at |x| so that the tail for negative x
@@ -112,8 +128,8 @@ fn stage(base: u32, row: u32, part: u32, av: vec4<f32>, wv: vec4<f32>) {
     let at = base + 4u * part * QUADS + row / 4u;
     let c = row % 4u;
     for (var i = 0u; i < 4u; i++) {
-        a_tile[at + i * QUADS][c] = av[i];
-        w_tile[at + i * QUADS][c] = wv[i];
+        a_tile[4u * (at + i * QUADS) + c] = av[i];
+        w_tile[4u * (at + i * QUADS) + c] = wv[i];
     }
 }
 
@@ -192,7 +208,7 @@ fn main(
         for (var k = 0u; k < SLICE; k++) {
             let ak = cur + k * QUADS + aq;
             let wk = cur + k * QUADS + wq;
-            outer(&acc, a_tile[ak], a_tile[ak + 4u], w_tile[wk], w_tile[wk + 8u]);
+            outer(&acc, a_quad(ak), a_quad(ak + 4u), w_quad(wk), w_quad(wk + 8u));
         }
         // The other buffer was last read in iteration s - 1, before its closing barrier.
         if (more) {

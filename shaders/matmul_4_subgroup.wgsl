@@ -66,9 +66,16 @@ const SLICE: u32 = 8u;      // K per stage of w
 const QUADS: u32 = 32u;     // vec4 per k in the w tile: 128 rows / 4
 const STAGE: u32 = 256u;    // vec4 per tile buffer: SLICE * QUADS
 
-// The staged w tile, K-major, two buffers: w_tile[b * STAGE + k * QUADS + q] holds
-// w[n0 + 4q .. n0 + 4q + 3, k0 + k] of buffer b.
-var<workgroup> w_tile: array<vec4<f32>, 512>;
+// The staged w tile, K-major, two buffers: the vec4 w_quad(b * STAGE + k * QUADS + q) holds
+// w[n0 + 4q .. n0 + 4q + 3, k0 + k] of buffer b. Scalars, as in version 3: four invocations
+// stage the four components of one vec4 at once, which on a vec4 array would race.
+var<workgroup> w_tile: array<f32, 2048>;
+
+// The vec4 at vec4 index `i` of w_tile (four scalars: see the note on the tiles).
+fn w_quad(i: u32) -> vec4<f32> {
+    let e = 4u * i;
+    return vec4<f32>(w_tile[e], w_tile[e + 1u], w_tile[e + 2u], w_tile[e + 3u]);
+}
 
 // Exact GELU, x * Phi(x). WGSL has no erf: Phi comes from erfc (Numerical Recipes' erfcc,
 // relative error < 1.2e-7 for all z >= 0), evaluated at |x| so that the tail for negative x
@@ -117,7 +124,7 @@ fn stage(base: u32, row: u32, part: u32, wv: vec4<f32>) {
     let at = base + 4u * part * QUADS + row / 4u;
     let c = row % 4u;
     for (var i = 0u; i < 4u; i++) {
-        w_tile[at + i * QUADS][c] = wv[i];
+        w_tile[4u * (at + i * QUADS) + c] = wv[i];
     }
 }
 
@@ -215,15 +222,15 @@ fn main(
             let next = 2u * s + h + 1u;
             let next0 = load_a(a_row0, next);
             let next1 = load_a(a_row1, next);
-            // w of this invocation's columns at k = 4 h + c of the slice: w_tile[at_c].
+            // w of this invocation's columns at k = 4 h + c of the slice: w_quad(at_c).
             let at0 = cur + 4u * h * QUADS + wq;
             let at1 = at0 + QUADS;
             let at2 = at1 + QUADS;
             let at3 = at2 + QUADS;
-            outer(&acc, group4(a0.x), group4(a1.x), w_tile[at0], w_tile[at0 + 8u]);
-            outer(&acc, group4(a0.y), group4(a1.y), w_tile[at1], w_tile[at1 + 8u]);
-            outer(&acc, group4(a0.z), group4(a1.z), w_tile[at2], w_tile[at2 + 8u]);
-            outer(&acc, group4(a0.w), group4(a1.w), w_tile[at3], w_tile[at3 + 8u]);
+            outer(&acc, group4(a0.x), group4(a1.x), w_quad(at0), w_quad(at0 + 8u));
+            outer(&acc, group4(a0.y), group4(a1.y), w_quad(at1), w_quad(at1 + 8u));
+            outer(&acc, group4(a0.z), group4(a1.z), w_quad(at2), w_quad(at2 + 8u));
+            outer(&acc, group4(a0.w), group4(a1.w), w_quad(at3), w_quad(at3 + 8u));
             a0 = next0;
             a1 = next1;
         }

@@ -111,14 +111,14 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
     }
     let mut times = Vec::with_capacity(spec.iters);
     let mut gpu_times = Vec::with_capacity(spec.iters);
-    let mut dispatches_per_pass = None;
+    let mut per_pass = None;
     pipeline.enable_gpu_timing();
     for _ in 0..spec.iters {
-        let before = (pipeline.dispatches(), pipeline.gpu_seconds());
+        let before = (pipeline.counters(), pipeline.gpu_seconds());
         let start = Instant::now();
         let out = pipeline.forward(&batch, &request)?;
         times.push(start.elapsed().as_secs_f64());
-        dispatches_per_pass = before.0.zip(pipeline.dispatches()).map(|(a, b)| b - a);
+        per_pass = before.0.zip(pipeline.counters()).map(|(a, b)| b - a);
         if let Some((a, b)) = before.1.zip(pipeline.gpu_seconds()) {
             gpu_times.push(b - a);
         }
@@ -164,9 +164,12 @@ pub fn run(spec: &BenchSpec) -> Result<serde_json::Value> {
         "loaded_rss_bytes": loaded_rss,
         "run_peak_rss_bytes": run_peak.filter(|_| run_peak_known),
         "device_activation_peak_bytes": pipeline.activation_peak_bytes(),
-        // GPU: kernel launches in one forward pass (one compute pass, one submission), and the
+        // GPU: kernel launches in one forward pass, the compute passes they were recorded in
+        // and the bind groups it had to make (after the first pass of a shape: none), and the
         // kernel version each shape class ran with.
-        "dispatches_per_pass": dispatches_per_pass,
+        "dispatches_per_pass": per_pass.map(|c| c.dispatches),
+        "compute_passes_per_pass": per_pass.map(|c| c.compute_passes),
+        "bind_groups_made_per_pass": per_pass.map(|c| c.bind_groups_made),
         // The GPU's own time for a forward pass (timestamp queries at the start and end of its
         // compute passes), where the adapter has them: median over the iterations.
         "gpu_median_s": gpu_median,

@@ -10,7 +10,7 @@
 use crate::backend::cpu::{Cpu, CpuPrecision};
 use crate::backend::gpu::{Gpu, GpuOptions, GpuPrecision};
 use crate::backend::reference::Reference;
-use crate::backend::{Backend, Dtype, PackedBatch};
+use crate::backend::{Backend, Counters, Dtype, PackedBatch};
 use crate::config::{Head as ConfigHead, ModelConfig, Pooling};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -140,7 +140,10 @@ impl LoadedModel {
             colbert: vec![Vec::new(); size(heads.contains(Head::Colbert))],
             logits: vec![Vec::new(); size(heads.contains(Head::Classifier))],
         };
-        let batches = plan_batches(encoded, batch_size, self.resident.max_batch_tokens());
+        // Passes in flight share the device's memory: each gets its share of the tokens.
+        let in_flight = self.resident.passes_in_flight().max(1);
+        let max_tokens = (self.resident.max_batch_tokens() / in_flight).max(1);
+        let batches = plan_batches(encoded, batch_size, max_tokens);
         let forward = |batch: &[usize]| {
             let seqs: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
             self.resident
@@ -153,7 +156,7 @@ impl LoadedModel {
             scatter(&mut all.logits, batch, out.logits);
             progress(batch.len());
         };
-        let in_flight = self.resident.passes_in_flight().min(batches.len());
+        let in_flight = in_flight.min(batches.len());
         if in_flight <= 1 {
             for batch in &batches {
                 gather(batch, forward(batch)?);
@@ -222,8 +225,8 @@ pub(crate) trait Resident: Send + Sync {
     /// The backend's peak bytes of intermediate tensors, where it keeps count (GPU).
     fn activation_peak_bytes(&self) -> Option<u64>;
 
-    /// Kernel launches so far, where the backend counts them (GPU).
-    fn dispatches(&self) -> Option<u64>;
+    /// The backend's counts of recorded work, where it keeps them (GPU).
+    fn counters(&self) -> Option<Counters>;
 
     /// Starts the device's own timing of its work, where it can (GPU timestamp queries).
     fn enable_gpu_timing(&self) -> bool;
@@ -300,6 +303,7 @@ impl<B: Backend> OnBackend<B> {
         }
         let encoder = Encoder::load(&backend, config, params)?;
         let heads = Heads::load(&backend, config, heads)?;
+        backend.prepare(config)?;
         Ok(OnBackend {
             backend,
             encoder,
@@ -344,8 +348,8 @@ impl<B: Backend> Resident for OnBackend<B> {
         self.backend.passes_in_flight()
     }
 
-    fn dispatches(&self) -> Option<u64> {
-        self.backend.dispatches()
+    fn counters(&self) -> Option<Counters> {
+        self.backend.counters()
     }
 
     fn enable_gpu_timing(&self) -> bool {

@@ -974,3 +974,202 @@ fn broken_and_hostile_checkpoints_are_refused() {
         assert!(line.contains(want), "want {want:?} in: {line}");
     }
 }
+
+/// `bge bench --device gpu` reports the dispatches of one forward pass, the kernel version of
+/// each shape class and the GPU's own time; `BGE_KERNELS` forces versions.
+#[test]
+fn gpu_bench_reports_dispatches_kernels_and_gpu_time() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = [
+        "bench",
+        "--model",
+        &tiny_bge(),
+        "--device",
+        "gpu",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--iters",
+        "2",
+        "--warmup",
+        "0",
+    ];
+    let run = |forced: Option<&str>| {
+        let mut env = vec![("BGE_CACHE_DIR", cache.path())];
+        if let Some(f) = forced {
+            env.push(("BGE_KERNELS", Path::new(f)));
+        }
+        let out = bge(&args, "", &env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let tuned = run(None);
+    // Embeddings, LayerNorm, 2 layers of 7 operations, the first rows, pooling's normalisation.
+    assert!(
+        tuned["dispatches_per_pass"].as_u64().unwrap() >= 16,
+        "{tuned}"
+    );
+    assert!(
+        tuned["gpu_median_s"].as_f64().is_some(),
+        "lavapipe has timestamps: {tuned}"
+    );
+    let kernels = tuned["kernels"].as_object().unwrap();
+    assert!(
+        kernels.keys().any(|k| k.starts_with("matmul n=")),
+        "{tuned}"
+    );
+    assert!(
+        kernels.keys().any(|k| k.starts_with("attention heads=")),
+        "{tuned}"
+    );
+    assert!(
+        kernels
+            .values()
+            .all(|v| v.as_str().unwrap().ends_with("(tuned)")),
+        "{tuned}"
+    );
+
+    let forced = run(Some("matmul:3,attention:2"));
+    assert_eq!(forced["dispatches_per_pass"], tuned["dispatches_per_pass"]);
+    for (class, version) in forced["kernels"].as_object().unwrap() {
+        let want = if class.starts_with("matmul") {
+            "3 (forced)"
+        } else {
+            "2 (forced)"
+        };
+        assert_eq!(version, want, "{class}");
+    }
+    // A second tuned run reads the cache.
+    let again = run(None);
+    let cached = again["kernels"].as_object().unwrap();
+    assert!(
+        cached
+            .values()
+            .all(|v| v.as_str().unwrap().ends_with("(cached)")),
+        "{again}"
+    );
+}
+
+#[test]
+fn forced_kernels_that_cannot_run_or_do_not_exist_are_refused() {
+    let input = "\"a text\"\n";
+    let embed = ["embed", "--model", &tiny_bge(), "--device", "gpu"];
+    // Lavapipe has no cooperative matrices (and version 5 needs f16 storage anyway).
+    let out = bge(&embed, input, &[("BGE_KERNELS", Path::new("matmul:5"))]);
+    let line = error_line(&out, 1);
+    assert!(line.contains("matmul version 5 was forced"), "{line}");
+    for bad in ["matmul:9", "conv:1", "matmul"] {
+        let out = bge(&embed, input, &[("BGE_KERNELS", Path::new(bad))]);
+        let line = error_line(&out, 1);
+        assert!(
+            line.contains("BGE_KERNELS") && line.contains("matmul:1..5"),
+            "{bad}: {line}"
+        );
+    }
+}
+
+#[test]
+fn devices_tune_prints_the_table_and_caches_it() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = bge(
+        &[
+            "devices",
+            "--tune",
+            "--shape",
+            "bge-small",
+            "--dtype",
+            "f32",
+        ],
+        "",
+        &[("BGE_CACHE_DIR", cache.path())],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for class in [
+        "matmul n=1152 k=384",
+        "matmul n=384 k=1536",
+        "attention heads=12 d=32",
+    ] {
+        assert!(
+            text.contains(&format!("{class}: version ")),
+            "{class}: {text}"
+        );
+    }
+    assert!(
+        text.contains("matmul 2: ") && text.contains(" GFLOP/s"),
+        "{text}"
+    );
+    assert!(
+        text.contains("matmul 5: unsupported: needs f16 storage"),
+        "{text}"
+    );
+    assert!(text.contains("choices cached in"), "{text}");
+    assert!(cache.path().join("kernels.json").is_file());
+}
+
+#[test]
+fn bench_op_times_every_version_of_a_ladder() {
+    let out = bge(
+        &[
+            "bench",
+            "--op",
+            "attention",
+            "--shape",
+            "bge-small",
+            "--batch",
+            "1",
+            "--seq",
+            "64",
+            "--device",
+            "gpu",
+            "--iters",
+            "1",
+        ],
+        "",
+        &[],
+    );
+    let lines = objects(&out);
+    let versions: Vec<u64> = lines
+        .iter()
+        .map(|l| l["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    for l in &lines[..2] {
+        assert_eq!(l["agrees_with_version_1"], true, "{l:?}");
+        assert!(l["gflops"].as_f64().unwrap() > 0.0 && l["gbps"].as_f64().unwrap() > 0.0);
+    }
+    assert!(
+        lines[2]["skipped"]
+            .as_str()
+            .unwrap()
+            .contains("f16 storage"),
+        "{:?}",
+        lines[2]
+    );
+
+    let out = bge(
+        &[
+            "bench",
+            "--op",
+            "matmul",
+            "--shape",
+            "bge-small",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+        ],
+        "",
+        &[],
+    );
+    assert!(error_line(&out, 1).contains("use --device gpu"));
+}

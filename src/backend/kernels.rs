@@ -1,7 +1,7 @@
 //! What a backend implements: its types, what it can run, and one kernel per operation of
 //! [`Backend`](super::Backend), which calls it only with operands that passed its checks.
 
-use super::{Activation, BatchDims, Dims, Dtype, HeadDims, PackedBatch};
+use super::{Activation, BatchDims, Counters, Dims, Dtype, HeadDims, PackedBatch};
 use crate::error::Result;
 
 /// A backend's kernels. Each `*_unchecked` method computes the [`Backend`](super::Backend)
@@ -42,6 +42,14 @@ pub trait Kernels: Send + Sync {
         None
     }
 
+    /// Gets ready to run an encoder of `config`'s shapes (the GPU checks and times its kernel
+    /// versions for them, or reads its earlier choice from the cache), so that the first
+    /// forward pass does not.
+    fn prepare(&self, config: &crate::ModelConfig) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
     /// How many forward passes a caller should keep in flight, from as many threads: 1 where
     /// a pass keeps the whole device busy by itself (the CPU spreads one pass over every
     /// core); 2 on the GPU, so that the host's work for one batch (packing, upload, recording,
@@ -50,9 +58,9 @@ pub trait Kernels: Send + Sync {
         1
     }
 
-    /// Kernel launches recorded so far, where the backend counts them (the GPU's dispatches):
-    /// a forward pass's count is the difference across it.
-    fn dispatches(&self) -> Option<u64> {
+    /// What the backend has recorded so far, where it counts (the GPU): a forward pass's
+    /// counts are the differences across it.
+    fn counters(&self) -> Option<Counters> {
         None
     }
 

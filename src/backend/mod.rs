@@ -98,6 +98,29 @@ impl std::str::FromStr for Dtype {
     }
 }
 
+/// Work a device backend has recorded so far ([`Kernels::counters`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Kernel launches.
+    pub dispatches: u64,
+    /// Compute passes (each dispatch its own pass would make this `dispatches`).
+    pub compute_passes: u64,
+    /// Bind groups created (reused ones are not counted again).
+    pub bind_groups_made: u64,
+}
+
+impl std::ops::Sub for Counters {
+    type Output = Counters;
+
+    fn sub(self, earlier: Counters) -> Counters {
+        Counters {
+            dispatches: self.dispatches - earlier.dispatches,
+            compute_passes: self.compute_passes - earlier.compute_passes,
+            bind_groups_made: self.bind_groups_made - earlier.bind_groups_made,
+        }
+    }
+}
+
 /// How far a fast kernel may be from the reference, or a ladder version from version 1:
 /// `|got - want| <= atol + rtol * |want|` element-wise. Declared once, here: the kernel tests
 /// and the GPU's on-device self-check both use [`Tolerance::kernel`].
@@ -125,7 +148,8 @@ impl Tolerance {
         rtol: 1.0 / 512.0,
     };
 
-    /// The kernel tolerance for results stored in `dtype` (bf16: twice f16's).
+    /// The kernel tolerance for results stored in `dtype` (bf16, 3 fewer significant bits than
+    /// f16: 8 times its relative part).
     pub const fn kernel(dtype: Dtype) -> Tolerance {
         match dtype {
             Dtype::F32 => Tolerance::KERNEL_F32,

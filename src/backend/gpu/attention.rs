@@ -6,7 +6,7 @@ use std::mem::size_of;
 use bytemuck::{Pod, Zeroable};
 
 use super::ladder::{Class, Needs, Op, Version};
-use super::{Gpu, GpuBatch, GpuTensor, Kernel};
+use super::{Binding, Gpu, GpuBatch, GpuTensor, Kernel};
 use crate::backend::HeadDims;
 use crate::error::Result;
 
@@ -56,7 +56,7 @@ pub static VERSIONS: [Version; 3] = [
             subgroups: false,
             cooperative_matrix: false,
             inner_multiple: 1,
-            workgroup_bytes: 16400,
+            workgroup_bytes: 16384,
         },
     },
     Version {
@@ -136,5 +136,6 @@ pub(super) fn record(
         &params,
         &buffers,
         groups,
+        Binding::Once,
     )
 }

@@ -215,7 +215,6 @@ impl Context {
     fn new(adapter: &wgpu::Adapter) -> Result<Self> {
         let wanted = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
-            | wgpu::Features::SUBGROUP_BARRIER
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         let features = adapter.features() & wanted;

@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Gpu, GpuBatch, GpuTable, GpuTensor, Kernel};
+use super::{Binding, Gpu, GpuBatch, GpuTable, GpuTensor, Kernel};
 use crate::error::{Error, Result};
 
 #[repr(C)]
@@ -65,7 +65,7 @@ pub(super) fn embed(
             out.raw(),
         ];
         let groups = gpu.grid((batch.dims.tokens * h).div_ceil(256));
-        gpu.dispatch(&KERNEL, &[], &params, &buffers, groups)?;
+        gpu.dispatch(&KERNEL, &[], &params, &buffers, groups, Binding::Once)?;
     }
     Ok(out)
 }

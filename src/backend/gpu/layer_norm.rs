@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Gpu, GpuTensor, Kernel};
+use super::{Binding, Gpu, GpuTensor, Kernel};
 use crate::error::Result;
 
 #[repr(C)]
@@ -44,6 +44,13 @@ pub(super) fn layer_norm(
     // Without a residual the shader never reads binding 2; x stands in for it.
     let residual = residual.unwrap_or(x);
     let buffers = [x.raw(), residual.raw(), gamma.raw(), beta.raw(), out.raw()];
-    gpu.dispatch(&KERNEL, &[], &params, &buffers, gpu.grid(x.rows))?;
+    gpu.dispatch(
+        &KERNEL,
+        &[],
+        &params,
+        &buffers,
+        gpu.grid(x.rows),
+        Binding::Kept,
+    )?;
     Ok(out)
 }

@@ -6,7 +6,7 @@ use std::mem::size_of;
 use bytemuck::{Pod, Zeroable};
 
 use super::ladder::{Class, Needs, Op, Version};
-use super::{Gpu, GpuLinear, GpuTensor, Kernel};
+use super::{Binding, Gpu, GpuLinear, GpuTensor, Kernel};
 use crate::backend::Activation;
 use crate::error::Result;
 
@@ -163,5 +163,12 @@ pub(super) fn record(
     let [tile_m, tile_n] = version.tile;
     let groups = [w.out.div_ceil(tile_n) as u32, m.div_ceil(tile_m) as u32, 1];
     let buffers = [x, &w.weight, &w.bias, out];
-    gpu.dispatch(version.kernel, &[], &params, &buffers, groups)
+    gpu.dispatch(
+        version.kernel,
+        &[],
+        &params,
+        &buffers,
+        groups,
+        Binding::Kept,
+    )
 }

@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use super::{Activation, BatchDims, Dims, Dtype, HeadDims, Kernels, PackedBatch};
+use super::{Activation, BatchDims, Counters, Dims, Dtype, HeadDims, Kernels, PackedBatch};
 use crate::error::{Error, Result};
 use pool::{Pool, PooledBuffer};
 
@@ -130,7 +130,7 @@ pub enum GpuPrecision {
     F32,
     /// f16 weights and activations (SHADER_F16 needed): half their memory and traffic. Sums,
     /// softmax and LayerNorm statistics stay f32 inside the kernels; biases and embedding
-    /// tables stay f32.
+    /// tables stay f32 (LayerNorm's gamma and beta are tensors: f16 too).
     F16,
 }
 
@@ -177,8 +177,10 @@ pub struct Gpu {
     /// Parameter buffers by contents, and bind groups by pipeline and buffers: a forward pass
     /// over a batch of a shape seen before creates neither.
     bindings: Mutex<Bindings>,
-    /// Dispatches recorded so far.
+    /// Dispatches, compute passes and bind groups made so far.
     dispatches: AtomicU64,
+    passes: AtomicU64,
+    bind_groups_made: AtomicU64,
     /// The version each shape class has run with.
     chosen: Mutex<std::collections::BTreeMap<Class, Arc<Tuning>>>,
     /// GPU time of the compute passes, once [`Kernels::enable_gpu_timing`] turned it on.
@@ -217,6 +219,18 @@ struct Bindings {
 
 impl Bindings {
     const MAX: usize = 4096;
+}
+
+/// Whether a dispatch's bind group is kept for the next pass of the same shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Binding {
+    /// Every buffer bound lives as long as the model or the pool (weights, pooled tensors):
+    /// the bind group is cached and reused.
+    Kept,
+    /// A buffer of this batch only is bound (token ids, the attention block table, row
+    /// indices): the bind group is made for this dispatch and not kept, so that it does not
+    /// keep that buffer alive.
+    Once,
 }
 
 /// A `[rows, cols]` matrix of the backend's precision in a GPU buffer.
@@ -324,6 +338,8 @@ impl Gpu {
             pending: Mutex::new(None),
             bindings: Mutex::default(),
             dispatches: AtomicU64::new(0),
+            passes: AtomicU64::new(0),
+            bind_groups_made: AtomicU64::new(0),
             chosen: Mutex::default(),
             timing: Mutex::default(),
         })
@@ -360,20 +376,39 @@ impl Gpu {
         let precision = self.options.precision;
         self.ctx.tuning(precision, class, || {
             let key = tune::cache_key(&self.ctx, precision, class);
-            if let Some(t) = tune::cached(&key) {
+            // A cached choice is used only if it still names a version that runs here and
+            // takes this shape (the file may be stale, foreign or edited).
+            let usable = |t: &Tuning| {
+                class
+                    .op()
+                    .version(t.version)
+                    .is_some_and(|v| v.fits(class) && v.runs_on(&self.ctx, precision).is_ok())
+            };
+            if let Some(t) = tune::cached(&key).filter(usable) {
                 return Ok(t);
             }
-            let t = tune::tune(self, class)?;
+            let t = tune::tune(self, class);
+            // The tuner's operands are bound once: let their buffers go.
+            self.forget_bindings();
+            let t = t?;
             tune::store(&key, &t);
             Ok(t)
         })
+    }
+
+    /// Drops every cached bind group and parameter buffer (and with them the buffers they
+    /// keep alive).
+    fn forget_bindings(&self) {
+        *self.bindings.lock().unwrap_or_else(|e| e.into_inner()) = Bindings::default();
     }
 
     /// Checks and times `class` afresh (ignoring this process's and the cache's choice), and
     /// caches the result: `bge devices --tune`.
     pub fn retune(&self, class: Class) -> Result<Arc<Tuning>> {
         let precision = self.options.precision;
-        let t = Arc::new(tune::tune(self, class)?);
+        let t = tune::tune(self, class);
+        self.forget_bindings();
+        let t = Arc::new(t?);
         tune::store(&tune::cache_key(&self.ctx, precision, class), &t);
         self.ctx.set_tuning(precision, class, t.clone());
         Ok(t)
@@ -414,6 +449,18 @@ impl Gpu {
         Ok(buffer)
     }
 
+    /// A `[rows, cols]` output tensor outside the pool, freed when dropped (the tuner's, whose
+    /// sizes a pool would keep forever).
+    fn scratch(&self, rows: usize, cols: usize, what: &str) -> Result<GpuTensor> {
+        let bytes = (rows * cols * self.options.precision.bytes()) as u64;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        Ok(GpuTensor {
+            buffer: Buffer::Uploaded(self.ctx.buffer(bytes.next_multiple_of(16), usage, what)?),
+            rows,
+            cols,
+        })
+    }
+
     /// A pooled `[rows, cols]` output tensor.
     fn output(&self, rows: usize, cols: usize, what: &str) -> Result<GpuTensor> {
         let bytes = rows * cols * self.options.precision.bytes();
@@ -434,11 +481,18 @@ impl Gpu {
         params: &impl Pod,
         buffers: &[&wgpu::Buffer],
         groups: [u32; 3],
+        binding: Binding,
     ) -> Result<()> {
         let pipeline = self
             .ctx
             .pipeline(kernel, self.options.precision, constants)?;
-        let bind_group = self.bind_group(kernel, &pipeline, bytemuck::bytes_of(params), buffers);
+        let bind_group = self.bind_group(
+            kernel,
+            &pipeline,
+            bytemuck::bytes_of(params),
+            buffers,
+            binding,
+        );
         // Cloned out of the lock: `submit` takes the pending lock first, then this one.
         let queries = (self.timing.lock().unwrap_or_else(|e| e.into_inner()))
             .as_ref()
@@ -451,7 +505,10 @@ impl Gpu {
                 end_of_pass_write_index: Some(1),
             });
         self.record(|pending| {
-            pending.timed |= pending.pass.is_none() && timestamp_writes.is_some();
+            if pending.pass.is_none() {
+                pending.timed |= timestamp_writes.is_some();
+                self.passes.fetch_add(1, Ordering::Relaxed);
+            }
             let pass = pending.pass.get_or_insert_with(|| {
                 pending
                     .encoder
@@ -477,6 +534,7 @@ impl Gpu {
         pipeline: &wgpu::ComputePipeline,
         params: &[u8],
         buffers: &[&wgpu::Buffer],
+        binding: Binding,
     ) -> wgpu::BindGroup {
         let mut bindings = self.bindings.lock().unwrap_or_else(|e| e.into_inner());
         if bindings.groups.len() + bindings.uniforms.len() > Bindings::MAX {
@@ -494,32 +552,34 @@ impl Gpu {
                 })
             })
             .clone();
-        let key = (
-            pipeline.clone(),
-            std::iter::once(&uniform)
-                .chain(buffers.iter().copied())
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
-        bindings
-            .groups
-            .entry(key)
-            .or_insert_with_key(|(_, all)| {
-                let entries: Vec<_> = all
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource: b.as_entire_binding(),
-                    })
-                    .collect();
-                device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(kernel.name),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
+        let all: Vec<wgpu::Buffer> = std::iter::once(&uniform)
+            .chain(buffers.iter().copied())
+            .cloned()
+            .collect();
+        let make = |all: &[wgpu::Buffer]| {
+            self.bind_groups_made.fetch_add(1, Ordering::Relaxed);
+            let entries: Vec<_> = all
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
                 })
+                .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.name),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
             })
-            .clone()
+        };
+        match binding {
+            Binding::Once => make(&all),
+            Binding::Kept => bindings
+                .groups
+                .entry((pipeline.clone(), all))
+                .or_insert_with_key(|(_, all)| make(all))
+                .clone(),
+        }
     }
 
     /// Records commands into the pending encoder (holding its lock only meanwhile).
@@ -556,13 +616,10 @@ impl Gpu {
             timed,
         } = pending.take()?;
         drop(pass);
-        if let (true, Some(t)) = (
-            timed,
-            self.timing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut(),
-        ) {
+        // The timing lock is held until the queue has the copy, so that no other thread maps
+        // the readback buffer in between.
+        let mut timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
+        if let (true, Some(t)) = (timed, timing.as_mut()) {
             encoder.resolve_query_set(&t.queries, 0..2, &t.resolved, 0);
             encoder.copy_buffer_to_buffer(&t.resolved, 0, &t.readback, 0, 16);
             t.pending = true;
@@ -679,12 +736,23 @@ impl Kernels for Gpu {
         Some(self.pool.stats().peak_in_use)
     }
 
+    fn prepare(&self, config: &crate::ModelConfig) -> Result<()> {
+        for class in tune::classes(config) {
+            self.version(class)?;
+        }
+        Ok(())
+    }
+
     fn passes_in_flight(&self) -> usize {
         2
     }
 
-    fn dispatches(&self) -> Option<u64> {
-        Some(self.dispatches.load(Ordering::Relaxed))
+    fn counters(&self) -> Option<Counters> {
+        Some(Counters {
+            dispatches: self.dispatches.load(Ordering::Relaxed),
+            compute_passes: self.passes.load(Ordering::Relaxed),
+            bind_groups_made: self.bind_groups_made.load(Ordering::Relaxed),
+        })
     }
 
     fn enable_gpu_timing(&self) -> bool {

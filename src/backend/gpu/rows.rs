@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Gpu, GpuBatch, GpuTensor, Kernel};
+use super::{Binding, Gpu, GpuBatch, GpuTensor, Kernel};
 use crate::error::Result;
 
 /// `(count, cols)` for all three shaders (`count` is rows, output rows or sequences).
@@ -46,7 +46,14 @@ pub(super) fn gather(gpu: &Gpu, x: &GpuTensor, rows: &[u32]) -> Result<GpuTensor
             cols: x.cols as u32,
         };
         let groups = gpu.grid((rows.len() * x.cols).div_ceil(256));
-        gpu.dispatch(&GATHER, &[], &params, &[&index, x.raw(), out.raw()], groups)?;
+        gpu.dispatch(
+            &GATHER,
+            &[],
+            &params,
+            &[&index, x.raw(), out.raw()],
+            groups,
+            Binding::Once,
+        )?;
     }
     Ok(out)
 }
@@ -66,6 +73,7 @@ pub(super) fn mean_pool(gpu: &Gpu, x: &GpuTensor, batch: &GpuBatch) -> Result<Gp
             &params,
             &[&batch.offsets, x.raw(), out.raw()],
             groups,
+            Binding::Once,
         )?;
     }
     Ok(out)
@@ -84,6 +92,7 @@ pub(super) fn l2_normalize(gpu: &Gpu, x: &GpuTensor) -> Result<GpuTensor> {
             &params,
             &[x.raw(), out.raw()],
             gpu.grid(x.rows),
+            Binding::Kept,
         )?;
     }
     Ok(out)

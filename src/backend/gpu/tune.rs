@@ -157,7 +157,8 @@ impl Operands {
     /// Small operands for the self-check: awkward row counts, the real inner dimension.
     fn check(gpu: &Gpu, class: Class) -> Result<Operands> {
         match class {
-            Class::Matmul { n, k } => Self::matmul(gpu, 67, n.min(131), k),
+            // More than one 128-row and 128-column tile, neither a multiple of a tile.
+            Class::Matmul { n, k } => Self::matmul(gpu, 195, n.min(131), k),
             Class::Attention { heads, d } => Self::attention(gpu, &[1, 70, 130], heads, d),
         }
     }
@@ -208,7 +209,7 @@ impl Operands {
     fn run(&self, gpu: &Gpu, version: &Version, act: Activation) -> Result<super::GpuTensor> {
         match self {
             Operands::Matmul { x, w, m } => {
-                let out = gpu.output(*m, w.out, "tuning output")?;
+                let out = gpu.scratch(*m, w.out, "tuning output")?;
                 matmul::record(gpu, version, x.raw(), w, act, *m, out.raw())?;
                 Ok(out)
             }
@@ -218,7 +219,7 @@ impl Operands {
                 heads,
                 h,
             } => {
-                let out = gpu.output(qkv.rows, *h, "tuning output")?;
+                let out = gpu.scratch(qkv.rows, *h, "tuning output")?;
                 attention::record(gpu, version, qkv.raw(), batch, *heads, *h, out.raw())?;
                 Ok(out)
             }
@@ -302,7 +303,13 @@ pub fn tune_among(gpu: &Gpu, class: Class, versions: &[&Version]) -> Result<Tuni
                 v.needs.inner_multiple
             ))
         } else {
-            match self_check(gpu, class, v, reference)? {
+            // A version that fails to compile or run on this driver is disabled like one that
+            // computes wrong numbers.
+            let verdict = self_check(gpu, class, v, reference).unwrap_or_else(|e| {
+                let _ = ctx.check();
+                Err(format!("{class}: it failed to run: {e}"))
+            });
+            match verdict {
                 Ok(()) => {
                     candidates.push(v);
                     continue;
@@ -332,9 +339,21 @@ pub fn tune_among(gpu: &Gpu, class: Class, versions: &[&Version]) -> Result<Tuni
     let operands = Operands::timed(gpu, class, rows, SEQ)?;
     let mut best: Option<(f64, u8)> = None;
     for v in candidates {
-        let once = time(gpu, &operands, v, 1)?;
+        let once = match time(gpu, &operands, v, 1) {
+            Ok(s) => s,
+            Err(e) if v.number != reference.number => {
+                let _ = ctx.check();
+                let why = format!("{class}: it failed to run at {rows} rows: {e}");
+                ctx.note(format!("{} {} disabled: {why}", class.op(), v.number));
+                outcomes.insert(v.number, Outcome::Rejected(why));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Repeat within the budget, unless one run shows it far behind the best so far.
+        let far_behind = best.is_some_and(|(s, _)| once > 4.0 * s);
         let runs = ((per_candidate / once.max(1e-6)) as usize).clamp(1, 20);
-        let seconds = if runs > 1 {
+        let seconds = if runs > 1 && !far_behind {
             time(gpu, &operands, v, runs)?
         } else {
             once
@@ -490,6 +509,11 @@ pub fn cache_key(ctx: &Context, precision: GpuPrecision, class: Class) -> String
     for k in super::KERNELS {
         k.source.hash(&mut h);
     }
+    // The Rust side of each version (tiles, needs) and the shader compiler's version.
+    for op in super::Op::ALL {
+        format!("{:?}", op.versions()).hash(&mut h);
+    }
+    "wgpu 30.0.2".hash(&mut h);
     let i = &ctx.info;
     format!(
         "{} [{:?} {:04x}:{:04x}] {} {} | bge {} kernels {:016x} | {} | {class}",
@@ -505,7 +529,9 @@ pub fn cache_key(ctx: &Context, precision: GpuPrecision, class: Class) -> String
     )
 }
 
-fn read_cache(path: &std::path::Path) -> BTreeMap<String, Tuning> {
+/// The cache's entries, each as JSON: one that does not parse as a [`Tuning`] is skipped by
+/// [`cached`] but kept by [`store`] (it may be another bge version's).
+fn read_cache(path: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
     std::fs::read(path)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -514,7 +540,7 @@ fn read_cache(path: &std::path::Path) -> BTreeMap<String, Tuning> {
 
 /// The cached tuning of `key`, if any.
 pub fn cached(key: &str) -> Option<Tuning> {
-    let mut t = read_cache(&cache_path()?).remove(key)?;
+    let mut t: Tuning = serde_json::from_value(read_cache(&cache_path()?).remove(key)?).ok()?;
     t.source = Source::Cached;
     Some(t)
 }
@@ -524,9 +550,16 @@ pub fn cached(key: &str) -> Option<Tuning> {
 pub fn store(key: &str, tuning: &Tuning) {
     let Some(path) = cache_path() else { return };
     let mut all = read_cache(&path);
-    all.insert(key.to_owned(), tuning.clone());
+    all.insert(
+        key.to_owned(),
+        serde_json::to_value(tuning).expect("tunings serialise"),
+    );
     let Some(dir) = path.parent() else { return };
-    let tmp = dir.join(format!("kernels.json.{}", std::process::id()));
+    // Unique per process and call: two writers never share a temporary file. (Two processes
+    // storing at once may still lose one's entry: it is tuned again next time.)
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("kernels.json.{}.{n}", std::process::id()));
     let written = std::fs::create_dir_all(dir)
         .and_then(|()| {
             std::fs::write(

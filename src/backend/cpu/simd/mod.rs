@@ -285,8 +285,8 @@ pub fn exp<S: Simd>(s: S, x: S::V) -> S::V {
     s.mul(er, s.pow2(n))
 }
 
-/// Exact (erf) GELU, `x Phi(x)`, with the same formula as `fn gelu` in
-/// `shaders/matmul_tiled.wgsl`: the upper tail `P(N(0,1) > |x|) = erfc(|x|/sqrt 2) / 2` from
+/// Exact (erf) GELU, `x Phi(x)`, with the same formula as `fn gelu` in every matmul shader
+/// (`shaders/matmul_*.wgsl`): the upper tail `P(N(0,1) > |x|) = erfc(|x|/sqrt 2) / 2` from
 /// Numerical Recipes' `erfcc` (relative error < 1.2e-7 everywhere), then
 /// `Phi(x) = 1 - tail` for `x >= 0` and `tail` for `x < 0`, so no digits cancel for negative x.
 /// In f32 the rounding of `x^2 / 2` in the exponent adds to that: the result is within
