@@ -479,6 +479,73 @@ fn embedding_gather_and_sum() {
     embedding_gather_and_sum_on(&gpu_cases());
 }
 
+/// `embed_layer_norm` and `layer_norm(embed)`: the fused operation's result, and its bits.
+fn embed_layer_norm<B: Backend>(b: &B, lens: &[usize], h: usize, fused: bool) -> Vec<f32> {
+    let batch = b.batch(&packed(lens)).unwrap();
+    let word = b.table(&random(50 * h, 1.0, 1), 50, h).unwrap();
+    let pos = b.table(&random(300 * h, 1.0, 2), 300, h).unwrap();
+    let ty = b.table(&random(2 * h, 1.0, 3), 2, h).unwrap();
+    let gamma: Vec<f32> = random(h, 0.2, 4).iter().map(|v| v + 1.0).collect();
+    let (g, beta) = (
+        b.tensor(&gamma, 1, h).unwrap(),
+        b.tensor(&random(h, 0.2, 5), 1, h).unwrap(),
+    );
+    let out = if fused {
+        b.embed_layer_norm(&batch, &word, &pos, &ty, &g, &beta, 1e-12)
+            .unwrap()
+    } else {
+        let sum = b.embed(&batch, &word, &pos, &ty).unwrap();
+        b.layer_norm(&sum, None, &g, &beta, 1e-12).unwrap()
+    };
+    b.to_host(&out).unwrap()
+}
+
+fn embedding_sum_and_layer_norm_fused_on<B: Backend>(cases: &[Case<B>]) {
+    for (lens, h) in [
+        (&[1][..], 1),
+        (&[3, 250][..], 33),
+        (&[7][..], 384),
+        (&[2, 5][..], 1024),
+    ] {
+        check(
+            cases,
+            &format!("embed_layer_norm {lens:?} h={h}"),
+            tol::KERNEL_F32,
+            |c| {
+                // The reference rounds gamma and beta as the backend stores them.
+                let want = {
+                    let r = &Reference;
+                    let batch = r.batch(&packed(lens)).unwrap();
+                    let table = |n, seed| r.table(&random(n * h, 1.0, seed), n, h).unwrap();
+                    let gamma: Vec<f32> = random(h, 0.2, 4).iter().map(|v| v + 1.0).collect();
+                    let (g, beta) = (
+                        r.tensor(&c.stored(&gamma), 1, h).unwrap(),
+                        r.tensor(&c.stored(&random(h, 0.2, 5)), 1, h).unwrap(),
+                    );
+                    let sum = r.embed(&batch, &table(50, 1), &table(300, 2), &table(2, 3));
+                    let out = r.layer_norm(&sum.unwrap(), None, &g, &beta, 1e-12).unwrap();
+                    r.to_host(&out).unwrap()
+                };
+                (embed_layer_norm(&c.backend, lens, h, true), want)
+            },
+        );
+    }
+}
+
+#[test]
+fn embedding_sum_and_layer_norm_fused() {
+    embedding_sum_and_layer_norm_fused_on(&cpu_cases());
+    embedding_sum_and_layer_norm_fused_on(&gpu_cases());
+    // In f32 the GPU's fused kernel gives exactly the bits of its two kernels in a row.
+    let g = gpu(KernelChoice::TUNED, Dtype::F32).unwrap();
+    for (lens, h) in [(&[3, 250][..], 33), (&[2, 5][..], 1024)] {
+        let fused = embed_layer_norm(&g, lens, h, true);
+        let apart = embed_layer_norm(&g, lens, h, false);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fused), bits(&apart), "{lens:?} h={h}");
+    }
+}
+
 #[test]
 fn a_word_table_larger_than_a_binding_is_gathered_on_the_host() {
     let g = gpu(KernelChoice::TUNED, Dtype::F32).unwrap();
@@ -530,6 +597,18 @@ fn a_word_table_larger_than_a_binding_is_gathered_on_the_host() {
         &to_f64(&want),
         tol::KERNEL_F32,
     );
+    // The fused embedding LayerNorm gathers the same way: the bits of its two kernels.
+    let (gamma, beta) = (
+        g.tensor(&[1.5; 64], 1, h).unwrap(),
+        g.tensor(&[0.25; 64], 1, h).unwrap(),
+    );
+    let on = g.batch(&batch).unwrap();
+    let fused = g
+        .embed_layer_norm(&on, &word, &pos, &ty, &gamma, &beta, 1e-12)
+        .unwrap();
+    let sum = g.embed(&on, &word, &pos, &ty).unwrap();
+    let apart = g.layer_norm(&sum, None, &gamma, &beta, 1e-12).unwrap();
+    assert_eq!(g.to_host(&fused).unwrap(), g.to_host(&apart).unwrap());
 }
 
 fn pooling_input(lens: &[usize], cols: usize) -> Vec<f32> {
@@ -557,6 +636,10 @@ fn pooling_of<B: Backend>(b: &B, x: &[f32], lens: &[usize], cols: usize) -> Vec<
             .unwrap(),
     );
     out.extend(b.to_host(&b.l2_normalize(&x).unwrap()).unwrap());
+    out.extend(
+        b.to_host(&b.mean_pool_normalized(&x, &on).unwrap())
+            .unwrap(),
+    );
     out
 }
 
@@ -585,6 +668,29 @@ fn pooling_gathering_and_normalisation_on<B: Backend>(cases: &[Case<B>]) {
 fn pooling_gathering_and_normalisation() {
     pooling_gathering_and_normalisation_on(&cpu_cases());
     pooling_gathering_and_normalisation_on(&gpu_cases());
+}
+
+/// On the GPU, mean pooling with its normalisation fused gives the bits of the two kernels in a
+/// row, in both precisions.
+#[test]
+fn fused_mean_pool_normalisation_has_the_bits_of_the_two_kernels() {
+    for c in gpu_cases() {
+        let b = &c.backend;
+        for (lens, cols) in [(&[1, 5, 300][..], 37), (&[2, 2][..], 1024)] {
+            let batch = packed(lens);
+            let x = b
+                .tensor(&pooling_input(lens, cols), batch.tokens(), cols)
+                .unwrap();
+            let on = b.batch(&batch).unwrap();
+            let fused = b
+                .to_host(&b.mean_pool_normalized(&x, &on).unwrap())
+                .unwrap();
+            let pooled = b.mean_pool(&x, &on).unwrap();
+            let apart = b.to_host(&b.l2_normalize(&pooled).unwrap()).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fused), bits(&apart), "{} {lens:?} {cols}", c.name);
+        }
+    }
 }
 
 fn l2_normalize_keeps_zero_rows_zero_on<B: Backend>(cases: &[Case<B>]) {
@@ -671,6 +777,24 @@ fn mistakes<B: Backend>(b: &B) -> Vec<String> {
             "embed types",
             b.embed(&batch, &word, &pos, &table(1, 8).unwrap()).err(),
         ),
+        (
+            "embed layer norm ids",
+            b.embed_layer_norm(
+                &batch,
+                &table(30, 8).unwrap(),
+                &pos,
+                &ty,
+                &row(8),
+                &row(8),
+                1e-5,
+            )
+            .err(),
+        ),
+        (
+            "embed layer norm gamma",
+            b.embed_layer_norm(&batch, &word, &pos, &ty, &row(7), &row(8), 1e-5)
+                .err(),
+        ),
         ("matmul", b.matmul(&qkv, &w, Activation::None).err()),
         (
             "layer norm gamma",
@@ -711,7 +835,7 @@ fn wrong_shapes_get_the_same_error_from_every_backend() {
     }
     // The messages say what is wrong, e.g.:
     assert_eq!(
-        want[11],
+        want[13],
         "matmul: the input is [5, 24] but the layer [4, 8] takes 8 columns"
     );
 }

@@ -129,6 +129,23 @@ pub trait Kernels: Send + Sync {
         position: &Self::Table,
         token_type: &Self::Table,
     ) -> Result<Self::Tensor>;
+    /// [`Backend::embed_layer_norm`](super::Backend::embed_layer_norm) on checked operands:
+    /// [`Self::embed_unchecked`] then [`Self::layer_norm_unchecked`], unless the backend fuses
+    /// them (the GPU).
+    #[allow(clippy::too_many_arguments)]
+    fn embed_layer_norm_unchecked(
+        &self,
+        batch: &Self::Batch,
+        word: &Self::Table,
+        position: &Self::Table,
+        token_type: &Self::Table,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let sum = self.embed_unchecked(batch, word, position, token_type)?;
+        self.layer_norm_unchecked(&sum, None, gamma, beta, eps)
+    }
     /// [`Backend::matmul`](super::Backend::matmul) on checked operands.
     fn matmul_unchecked(
         &self,
@@ -156,6 +173,17 @@ pub trait Kernels: Send + Sync {
     fn gather_rows_unchecked(&self, x: &Self::Tensor, rows: &[u32]) -> Result<Self::Tensor>;
     /// [`Backend::mean_pool`](super::Backend::mean_pool) on checked operands.
     fn mean_pool_unchecked(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// [`Backend::mean_pool_normalized`](super::Backend::mean_pool_normalized) on checked
+    /// operands: [`Self::mean_pool_unchecked`] then [`Self::l2_normalize_unchecked`], unless the
+    /// backend fuses them (the GPU).
+    fn mean_pool_normalized_unchecked(
+        &self,
+        x: &Self::Tensor,
+        batch: &Self::Batch,
+    ) -> Result<Self::Tensor> {
+        let pooled = self.mean_pool_unchecked(x, batch)?;
+        self.l2_normalize_unchecked(&pooled)
+    }
     /// [`Backend::l2_normalize`](super::Backend::l2_normalize).
     fn l2_normalize_unchecked(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 }

@@ -258,24 +258,32 @@ pub trait Backend: Kernels {
         position: &Self::Table,
         token_type: &Self::Table,
     ) -> Result<Self::Tensor> {
-        let d = self.batch_dims(batch);
-        let [w, p, ty] = [word, position, token_type].map(|t| self.table_dims(t));
-        ensure(w[1] == p[1] && w[1] == ty[1], "embed", || {
-            format!(
-                "the word, position and token type tables are {}, {} and {} wide",
-                w[1], p[1], ty[1]
-            )
-        })?;
-        for (name, needed, [rows, _]) in [
-            ("token id", d.id_rows, w),
-            ("position", d.position_rows, p),
-            ("token type", d.type_rows, ty),
-        ] {
-            ensure(needed <= rows, "embed", || {
-                format!("{name} {} is outside the table's {rows} rows", needed - 1)
+        embed_checks(self, batch, [word, position, token_type])?;
+        self.embed_unchecked(batch, word, position, token_type)
+    }
+
+    /// `[T, h]`: `layer_norm(embed(batch, word, position, token_type), gamma, beta, eps)`, the
+    /// encoder's first two operations as one (a backend may fuse them; the result is the
+    /// composition's, with the sum kept in f32 where activations are stored narrower).
+    #[allow(clippy::too_many_arguments)]
+    fn embed_layer_norm(
+        &self,
+        batch: &Self::Batch,
+        word: &Self::Table,
+        position: &Self::Table,
+        token_type: &Self::Table,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        let h = embed_checks(self, batch, [word, position, token_type])?;
+        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+            let dims = self.tensor_dims(t);
+            ensure(dims == [1, h], "layer norm", || {
+                format!("{name} is {dims:?} for rows of {h}: it must be [1, {h}]")
             })?;
         }
-        self.embed_unchecked(batch, word, position, token_type)
+        self.embed_layer_norm_unchecked(batch, word, position, token_type, gamma, beta, eps)
     }
 
     /// `[T, out]`: `act(x W^T + b)` for `x` `[T, in]`.
@@ -367,6 +375,16 @@ pub trait Backend: Kernels {
         self.mean_pool_unchecked(x, batch)
     }
 
+    /// `[B, h]`: `l2_normalize(mean_pool(x, batch))` as one operation (a backend may fuse
+    /// them).
+    fn mean_pool_normalized(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor> {
+        let ([rows, _], tokens) = (self.tensor_dims(x), self.batch_dims(batch).tokens);
+        ensure(rows == tokens, "mean pool", || {
+            format!("the input has {rows} rows for a batch of {tokens} tokens")
+        })?;
+        self.mean_pool_normalized_unchecked(x, batch)
+    }
+
     /// `[rows, cols]`: each row divided by `max(||row||_2, 1e-12)`
     /// (`torch.nn.functional.normalize`). Any matrix is a valid input.
     fn l2_normalize(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
@@ -375,6 +393,33 @@ pub trait Backend: Kernels {
 }
 
 impl<K: Kernels> Backend for K {}
+
+/// [`Backend::embed`]'s checks: the tables are equally wide (the width is returned) and hold
+/// every row the batch names.
+fn embed_checks<B: Backend + ?Sized>(
+    b: &B,
+    batch: &B::Batch,
+    tables: [&B::Table; 3],
+) -> Result<usize> {
+    let d = b.batch_dims(batch);
+    let [w, p, ty] = tables.map(|t| b.table_dims(t));
+    ensure(w[1] == p[1] && w[1] == ty[1], "embed", || {
+        format!(
+            "the word, position and token type tables are {}, {} and {} wide",
+            w[1], p[1], ty[1]
+        )
+    })?;
+    for (name, needed, [rows, _]) in [
+        ("token id", d.id_rows, w),
+        ("position", d.position_rows, p),
+        ("token type", d.type_rows, ty),
+    ] {
+        ensure(needed <= rows, "embed", || {
+            format!("{name} {} is outside the table's {rows} rows", needed - 1)
+        })?;
+    }
+    Ok(w[1])
+}
 
 /// The CPU's marketing name (`/proc/cpuinfo`), or the architecture where that is unknown.
 pub fn cpu_name() -> String {

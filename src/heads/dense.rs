@@ -15,16 +15,20 @@ pub(crate) fn forward<B: Backend>(
     pooling: Pooling,
     normalize: bool,
 ) -> Result<Vec<Vec<f32>>> {
-    let pooled = match pooling {
-        Pooling::Cls => hidden.first_rows(b)?,
-        Pooling::Mean => b.mean_pool(&hidden.states, hidden.on_device)?,
+    // Where the encoder ran its last layer on the first rows only, its output is already the
+    // CLS rows: no copy.
+    let cls_only = !hidden.all_tokens;
+    let pooled = match (pooling, normalize) {
+        (Pooling::Cls, true) if cls_only => Some(b.l2_normalize(&hidden.states)?),
+        (Pooling::Cls, false) if cls_only => None,
+        (Pooling::Cls, true) => Some(b.l2_normalize(&hidden.first_rows(b)?)?),
+        (Pooling::Cls, false) => Some(hidden.first_rows(b)?),
+        (Pooling::Mean, true) => Some(b.mean_pool_normalized(&hidden.states, hidden.on_device)?),
+        (Pooling::Mean, false) => Some(b.mean_pool(&hidden.states, hidden.on_device)?),
     }; // [B, h]
-    let pooled = match normalize {
-        true => b.l2_normalize(&pooled)?,
-        false => pooled,
-    };
-    let [_, h] = b.tensor_dims(&pooled);
-    Ok(rows(b.to_host(&pooled)?, h))
+    let pooled = pooled.as_ref().unwrap_or(&hidden.states);
+    let [_, h] = b.tensor_dims(pooled);
+    Ok(rows(b.to_host(pooled)?, h))
 }
 
 /// Matryoshka-style shortening: the first `dimensions` components of `vector`, L2-normalised

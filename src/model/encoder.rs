@@ -91,6 +91,9 @@ pub enum Probe {
     FfnIntermediate(usize),
 }
 
+/// What [`Encoder::forward_probed`] hands each intermediate value to.
+type Prober<'a, T> = dyn FnMut(Probe, &T) -> Result<()> + 'a;
+
 pub struct Encoder<B: Backend> {
     pub config: ModelConfig,
     /// `[vocab, h]`
@@ -127,14 +130,14 @@ impl<B: Backend> Encoder<B> {
 
     /// `[T, h]` last hidden state of a batch.
     pub fn forward(&self, b: &B, batch: &B::Batch) -> Result<B::Tensor> {
-        self.forward_probed(b, batch, None, &mut |_, _| Ok(()))
+        self.run(b, batch, None, None)
     }
 
     /// `[rows.len(), h]`: the last hidden state of the given token rows only. The last layer
     /// still attends over every token, but its output projection and FFN run on these rows
     /// alone: for CLS pooling that skips three quarters of the last layer's work.
     pub fn forward_rows(&self, b: &B, batch: &B::Batch, rows: &[u32]) -> Result<B::Tensor> {
-        self.forward_probed(b, batch, Some(rows), &mut |_, _| Ok(()))
+        self.run(b, batch, Some(rows), None)
     }
 
     /// [`Self::forward`] (or [`Self::forward_rows`] with `rows`), handing every intermediate
@@ -146,11 +149,35 @@ impl<B: Backend> Encoder<B> {
         rows: Option<&[u32]>,
         probe: &mut dyn FnMut(Probe, &B::Tensor) -> Result<()>,
     ) -> Result<B::Tensor> {
+        self.run(b, batch, rows, Some(probe))
+    }
+
+    /// The forward pass, probed or not: without a probe the embedding sum and its LayerNorm
+    /// are one operation ([`Backend::embed_layer_norm`]), since nothing needs the sum itself.
+    fn run(
+        &self,
+        b: &B,
+        batch: &B::Batch,
+        rows: Option<&[u32]>,
+        mut probe: Option<&mut Prober<'_, B::Tensor>>,
+    ) -> Result<B::Tensor> {
         let c = &self.config;
         let eps = c.layer_norm_eps;
-        let sum = b.embed(batch, &self.word, &self.position, &self.token_type)?;
-        probe(Probe::EmbeddingsSum, &sum)?;
-        let mut x = b.layer_norm(&sum, None, &self.norm.gamma, &self.norm.beta, eps)?; // [T, h]
+        let (word, position, types) = (&self.word, &self.position, &self.token_type);
+        let (gamma, beta) = (&self.norm.gamma, &self.norm.beta);
+        let mut x = if probe.is_some() {
+            let sum = b.embed(batch, word, position, types)?;
+            if let Some(p) = probe.as_mut() {
+                p(Probe::EmbeddingsSum, &sum)?;
+            }
+            b.layer_norm(&sum, None, gamma, beta, eps)?
+        } else {
+            b.embed_layer_norm(batch, word, position, types, gamma, beta, eps)?
+        }; // [T, h]
+        let mut probe = |what: Probe, t: &B::Tensor| match probe.as_mut() {
+            Some(p) => p(what, t),
+            None => Ok(()),
+        };
         if let (Some(rows), true) = (rows, self.layers.is_empty()) {
             x = b.gather_rows(&x, rows)?; // no layer to cut short: [T, h] -> [rows, h]
         }

@@ -87,6 +87,7 @@ impl Kernel {
 /// Every kernel of the backend.
 pub static KERNELS: &[&Kernel] = &[
     &embed::KERNEL,
+    &embed::LAYER_NORM,
     &matmul::NAIVE,
     &matmul::TILED,
     &matmul::BLOCKED,
@@ -931,6 +932,19 @@ impl Kernels for Gpu {
         embed::embed(self, batch, word, position, token_type)
     }
 
+    fn embed_layer_norm_unchecked(
+        &self,
+        batch: &GpuBatch,
+        word: &GpuTable,
+        position: &GpuTable,
+        token_type: &GpuTable,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        eps: f32,
+    ) -> Result<GpuTensor> {
+        embed::embed_layer_norm(self, batch, word, position, token_type, gamma, beta, eps)
+    }
+
     fn matmul_unchecked(&self, x: &GpuTensor, w: &GpuLinear, act: Activation) -> Result<GpuTensor> {
         matmul::matmul(self, x, w, act)
     }
@@ -960,7 +974,11 @@ impl Kernels for Gpu {
     }
 
     fn mean_pool_unchecked(&self, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
-        rows::mean_pool(self, x, batch)
+        rows::mean_pool(self, x, batch, false)
+    }
+
+    fn mean_pool_normalized_unchecked(&self, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
+        rows::mean_pool(self, x, batch, true)
     }
 
     fn l2_normalize_unchecked(&self, x: &GpuTensor) -> Result<GpuTensor> {

@@ -7,7 +7,8 @@ use bytemuck::{Pod, Zeroable};
 use super::{Binding, Gpu, GpuBatch, GpuTensor, Kernel};
 use crate::error::Result;
 
-/// `(count, cols)` for all three shaders (`count` is rows, output rows or sequences).
+/// `(count, cols)` for `gather_rows.wgsl` and `l2_normalize.wgsl` (`count` is output rows or
+/// rows).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub struct Params {
@@ -15,21 +16,30 @@ pub struct Params {
     pub cols: u32,
 }
 
-pub const GATHER: Kernel = Kernel {
+pub static GATHER: Kernel = Kernel {
     name: "gather_rows",
     source: include_str!("../../../shaders/gather_rows.wgsl"),
     workgroup_size: [256, 1, 1],
     params_size: size_of::<Params>(),
 };
 
-pub const MEAN_POOL: Kernel = Kernel {
+/// `mean_pool.wgsl`'s: the sequences, the columns, and whether to normalise the means.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PoolParams {
+    pub sequences: u32,
+    pub cols: u32,
+    pub normalize: u32,
+}
+
+pub static MEAN_POOL: Kernel = Kernel {
     name: "mean_pool",
     source: include_str!("../../../shaders/mean_pool.wgsl"),
     workgroup_size: [256, 1, 1],
-    params_size: size_of::<Params>(),
+    params_size: size_of::<PoolParams>(),
 };
 
-pub const L2_NORMALIZE: Kernel = Kernel {
+pub static L2_NORMALIZE: Kernel = Kernel {
     name: "l2_normalize",
     source: include_str!("../../../shaders/l2_normalize.wgsl"),
     workgroup_size: [256, 1, 1],
@@ -58,15 +68,22 @@ pub(super) fn gather(gpu: &Gpu, x: &GpuTensor, rows: &[u32]) -> Result<GpuTensor
     Ok(out)
 }
 
-pub(super) fn mean_pool(gpu: &Gpu, x: &GpuTensor, batch: &GpuBatch) -> Result<GpuTensor> {
+/// Each sequence's mean row, L2-normalised if `normalize` (one dispatch either way).
+pub(super) fn mean_pool(
+    gpu: &Gpu,
+    x: &GpuTensor,
+    batch: &GpuBatch,
+    normalize: bool,
+) -> Result<GpuTensor> {
     // x: [T, cols] -> [B, cols]
     let out = gpu.output(batch.dims.sequences, x.cols, "mean pool")?;
     if batch.dims.sequences > 0 {
-        let params = Params {
-            count: batch.dims.sequences as u32,
+        let params = PoolParams {
+            sequences: batch.dims.sequences as u32,
             cols: x.cols as u32,
+            normalize: normalize as u32,
         };
-        let groups = gpu.grid((batch.dims.sequences * x.cols).div_ceil(256));
+        let groups = gpu.grid(batch.dims.sequences);
         gpu.dispatch(
             &MEAN_POOL,
             &[],
