@@ -1173,3 +1173,25 @@ fn bench_op_times_every_version_of_a_ladder() {
     );
     assert!(error_line(&out, 1).contains("use --device gpu"));
 }
+
+#[test]
+fn verbose_prints_the_kernel_version_of_each_class() {
+    let cache = tempfile::tempdir().unwrap();
+    let env = [
+        ("BGE_CACHE_DIR", cache.path()),
+        ("BGE_KERNELS", Path::new("matmul:3")),
+    ];
+    let args = ["embed", "--model", &tiny_bge(), "--device", "gpu", "-v"];
+    let out = bge(&args, "\"a text\"\n", &env);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("f32 matmul n=96 k=32: version 3 (forced)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("f32 attention heads=4 d=8: version "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(tuned)"), "{stderr}");
+}

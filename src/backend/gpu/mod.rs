@@ -361,6 +361,12 @@ impl Gpu {
             Some(t) => t.clone(),
             None => {
                 let t = self.tuning(class)?;
+                if t.source == tune::Source::Forced {
+                    // Tuned and cached choices are listed from the context's tunings.
+                    let dtype: Dtype = self.options.precision.into();
+                    self.ctx
+                        .note(format!("{dtype} {class}: version {} (forced)", t.version));
+                }
                 chosen.insert(class, t.clone());
                 t
             }
