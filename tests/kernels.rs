@@ -19,7 +19,7 @@ use common::{Tolerance, assert_close, to_f64, tol};
 fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     let mut rng = SplitMix64(seed);
     (0..n)
-        .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
+        .map(|_| (rng.unit_f32() * 2.0 - 1.0) * scale)
         .collect()
 }
 

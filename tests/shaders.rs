@@ -148,6 +148,15 @@ fn function(source: &str, name: &str) -> Option<String> {
 }
 
 #[test]
+fn the_workgroup_sum_is_the_same_in_both_layer_norms() {
+    // WGSL has no include: the fused embedding LayerNorm repeats layer_norm.wgsl's reduction,
+    // and the two must agree to the bit (tests/kernels.rs checks the results too).
+    let source = |name: &str| KERNELS.iter().find(|k| k.name == name).unwrap().source;
+    let sum = |name| function(source(name), "workgroup_sum").expect(name);
+    assert_eq!(sum("layer_norm"), sum("embed_layer_norm"));
+}
+
+#[test]
 fn the_activation_functions_are_the_same_in_every_matmul() {
     // WGSL has no include: the GELU approximation is repeated in each matmul shader, and this
     // keeps the copies identical.

@@ -92,9 +92,7 @@ impl Params for RandomParams {
             (h ^ b as u64).wrapping_mul(0x100000001b3)
         });
         let mut rng = SplitMix64(self.seed ^ salt);
-        Ok((0..n)
-            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1)
-            .collect())
+        Ok((0..n).map(|_| (rng.unit_f32() - 0.5) * 0.1).collect())
     }
 }
 
@@ -109,6 +107,11 @@ impl SplitMix64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)`: the top 24 bits, so every value is an exact f32.
+    pub fn unit_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
     /// Uniform in `lo..=hi` (modulo bias as in the peers).

@@ -172,8 +172,9 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: Tolerance) {
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         max_abs = max_abs.max(err);
+        // The rule is `Tolerance::accepts`; the excess only ranks the violations.
         let excess = err - (tol.atol + tol.rtol * w.abs());
-        if (excess.is_nan() || excess > 0.0) && worst.is_none_or(|(_, e)| excess > e) {
+        if !tol.accepts(g, w) && worst.is_none_or(|(_, e)| excess > e) {
             worst = Some((
                 i,
                 if excess.is_nan() {
